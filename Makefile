@@ -1,0 +1,46 @@
+# The two commands a new user runs (see README):
+#   make demo   - set up, then run the main job on the built-in default
+#   make test   - set up, then lint, type-check and run every test
+# Everything a fresh machine lacks is installed here, into .venv.
+
+PYTHON ?= $(shell pyenv root 2>/dev/null)/versions/3.11.7/bin/python3.11
+ifeq ($(wildcard $(PYTHON)),)
+PYTHON := python3.11
+endif
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUNTIME := runtime
+
+.PHONY: venv demo test lint typecheck pytest bench clean
+
+$(STAMP): requirements/dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	# The runtime package is standard-library only; make it importable in the venv
+	# without installing a copy, so tests always exercise the working tree.
+	echo "$(CURDIR)/$(RUNTIME)" > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/xenchannel-runtime.pth
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m xenchannel.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
