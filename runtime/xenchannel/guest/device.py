@@ -54,8 +54,7 @@ class _Inotify:
 
     def wait(self, timeout: float) -> None:
         """Wait for any event (or the timeout) and discard what was read."""
-        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
-        if ready:
+        if _poll(self.fd, select.POLLIN, timeout):
             try:
                 os.read(self.fd, 4096)
             except OSError:
@@ -63,6 +62,18 @@ class _Inotify:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _poll(fd: int, events: int, timeout: float) -> bool:
+    """Whether ``fd`` is ready within ``timeout`` seconds.
+
+    poll, not select: select cannot watch descriptors above 1023, and a process that
+    serves many channels (the load test, an agent in a busy guest) has such descriptors.
+    HUP and ERR count as ready so that the following read or write reports them.
+    """
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(0.0, timeout) * 1000.0))
 
 
 def _nearest_existing_dir(path: str) -> str:
@@ -222,8 +233,7 @@ class ChannelDevice:
     def read(self, timeout: float) -> bytes:
         """Up to 64 KiB, or b"" if nothing arrived within ``timeout`` seconds."""
         fd = self._fd()
-        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
-        if not ready:
+        if not _poll(fd, select.POLLIN, timeout):
             return b""
         try:
             data = os.read(fd, _READ_SIZE)
@@ -249,8 +259,7 @@ class ChannelDevice:
                     f"writing to {self.path} stalled for {timeout:g} s with {len(view)} "
                     "bytes left; nothing on the host side is reading the channel"
                 )
-            _, ready, _ = select.select([], [fd], [], remaining)
-            if not ready:
+            if not _poll(fd, select.POLLOUT, remaining):
                 continue
             try:
                 written = os.write(fd, view)
