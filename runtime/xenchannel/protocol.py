@@ -238,6 +238,10 @@ def decode_json(payload: bytes) -> Dict[str, Any]:
         value = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"a message payload is not valid UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        # json recurses per nesting level: one frame of "[[[[..." must not take a
+        # party down with an error outside the protocol's own.
+        raise ProtocolError("a message payload is JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise ProtocolError("a message payload is JSON but not an object")
     return value
@@ -281,7 +285,8 @@ class FrameDecoder:
 
     def reset(self) -> None:
         """Forget any partial frame (after a reconnect)."""
-        self.skipped_bytes += len(self._buf)
+        if self._active:
+            self.skipped_bytes += 1 + len(self._buf)
         self._drop()
 
     def _drop(self) -> None:
@@ -485,9 +490,9 @@ PART_NAMES = ("meta-data", "user-data", "vendor-data", "network-config")
 _JSON_PARTS = ("meta-data", "network-config")
 
 # RFC 1123 labels: what cloud-init and hostnamectl accept as a hostname.
-_HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# \Z, not $: $ also matches before a trailing newline, and "host\n" is no hostname.
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}\Z)" + _LABEL + r"(\." + _LABEL + r")*\Z")
 
 
 class Bundle:
@@ -587,6 +592,7 @@ class Bundle:
                 or entry[0] not in PART_NAMES
                 or entry[0] in values
                 or not isinstance(entry[1], int)
+                or isinstance(entry[1], bool)
                 or entry[1] < 0
             ):
                 raise BundleError("the received bundle's part index is malformed")
@@ -595,7 +601,13 @@ class Bundle:
             if len(chunk) != size:
                 raise BundleError("the received bundle is shorter than its index says")
             pos += size
-            values[name] = decode_json(chunk) if name in _JSON_PARTS else chunk
+            if name in _JSON_PARTS:
+                try:
+                    values[name] = decode_json(chunk)
+                except ProtocolError as exc:
+                    raise BundleError(f"the received bundle's {name} is unusable: {exc}") from None
+            else:
+                values[name] = chunk
         if pos != len(data):
             raise BundleError("the received bundle has bytes after its last part")
         if "meta-data" not in values:
@@ -751,7 +763,9 @@ class BundleReceiver:
 
     def resume_request(self) -> Dict[str, Any]:
         """The body of a GET_BUNDLE that continues where the last transfer stopped."""
-        if self._sha256 and self._next:
+        # Only a transfer cut off part way resumes; a complete one (even one whose
+        # content then failed validation) has nothing left to ask for.
+        if self._sha256 and 0 < self._next < self._chunks:
             return {"resume": {"sha256": self._sha256, "chunk": self._next}}
         return {}
 
@@ -769,7 +783,12 @@ class BundleReceiver:
                 f"the host offers a {size}-byte bundle, over this guest's maximum of "
                 f"{self.max_size} bytes; shrink the bundle on dom0"
             )
-        if chunk_size <= 0 or chunks != chunk_count(size, chunk_size) or not 0 <= first < chunks:
+        if (
+            size < 0
+            or chunk_size <= 0
+            or chunks != chunk_count(size, chunk_size)
+            or not 0 <= first < chunks
+        ):
             raise ProtocolError("BUNDLE_BEGIN has inconsistent sizes")
         if first:
             if sha256 != self._sha256 or first != self._next or chunk_size != self._chunk_size:
@@ -787,9 +806,14 @@ class BundleReceiver:
         (seq,) = _CRC.unpack(payload[: _CRC.size])
         data = payload[_CRC.size :]
         if seq != self._next:
-            raise ProtocolError(f"bundle chunk {seq} arrived where chunk {self._next} was expected")
+            expected_seq = self._next
+            self._discard()
+            raise ProtocolError(
+                f"bundle chunk {seq} arrived where chunk {expected_seq} was expected"
+            )
         expected = min(self._chunk_size, self._size - seq * self._chunk_size)
         if len(data) != expected and not (self._size == 0 and not data):
+            self._discard()
             raise ProtocolError(f"bundle chunk {seq} has the wrong length")
         self._data.extend(data)
         self._next += 1
@@ -801,9 +825,7 @@ class BundleReceiver:
         data = bytes(self._data)
         digest = hashlib.sha256(data).hexdigest()
         if body.get("sha256") != self._sha256 or digest != self._sha256:
-            self._data = bytearray()
-            self._sha256 = None
-            self._next = 0
+            self._discard()
             raise BundleError(
                 "the received bundle fails its SHA-256 check; it was discarded and must be "
                 "fetched again"
@@ -811,6 +833,12 @@ class BundleReceiver:
         bundle = Bundle.decode(data)
         bundle.validate(self.max_size)
         return bundle
+
+    def _discard(self) -> None:
+        """Forget the transfer: data that failed a check is never resumed."""
+        self._data = bytearray()
+        self._sha256 = None
+        self._next = 0
 
     @property
     def sha256(self) -> Optional[str]:
