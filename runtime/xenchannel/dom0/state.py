@@ -1,0 +1,339 @@
+"""Per-domain state records of the dom0 agent: what happened on each domain's channel.
+
+One JSON file per domain, ``<state_dir>/<domain>.json``, mode 0600, replaced atomically::
+
+    {"domain": "web1", "socket": "/run/xenchannel/web1.sock",
+     "active": true,                  false once the domain left the store
+     "connected": false, "connected_at": "...Z" | null, "disconnected_at": "...Z" | null,
+     "handshake": {"at", "version", "guest_agent"},
+     "bundle": {"sha256", "instance_id", "size"},      the store's current valid bundle
+     "delivered": {"at", "sha256", "instance_id", "count"},
+     "status": {"at", "state", "reason", "instance_id", "mismatch"},
+     "last_error": {"at", "message"},
+     "updated_at": "...Z"}
+
+Times are ISO-8601 UTC with milliseconds and a ``Z``.  The five nested records are
+absent until they first happen (``bundle`` also while the store entry is invalid), so a
+reader can write ``state.get("status", {}).get("state")``; in memory they are None.
+
+The agent writes these files through a ``StateRecorder``, which coalesces bursts (at
+most one write per domain per 0.2 s, each event on disk within about that bound);
+``status`` reads them, also while the agent is down.  ``summarise`` is the one
+definition of what the status table shows, in particular of "delivered": the guest
+acknowledged the bundle the store holds *now*.
+"""
+
+import asyncio
+import datetime
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Set
+
+from xenchannel.dom0 import log_event
+from xenchannel.dom0.store import atomic_write, valid_domain_name
+
+STATE_SUFFIX = ".json"
+# Every field of a record, with its value for a domain nothing has happened to yet.
+_DEFAULTS: Dict[str, Any] = {
+    "domain": "",
+    "socket": None,
+    "active": True,
+    "connected": False,
+    "connected_at": None,
+    "disconnected_at": None,
+    "handshake": None,
+    "bundle": None,
+    "delivered": None,
+    "status": None,
+    "last_error": None,
+    "updated_at": None,
+}
+STATE_FIELDS = tuple(_DEFAULTS)
+NESTED_FIELDS = ("handshake", "bundle", "delivered", "status", "last_error")
+MAX_STATE_FILE = 1024 * 1024
+
+
+def now_iso() -> str:
+    """The current time as ISO-8601 UTC, e.g. 2024-05-01T12:00:00.123Z."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def new_state(domain: str, socket: Optional[str] = None) -> Dict[str, Any]:
+    state = dict(_DEFAULTS)
+    state["domain"] = domain
+    state["socket"] = socket
+    return state
+
+
+def state_path(state_dir: str, domain: str) -> str:
+    if not valid_domain_name(domain):
+        raise ValueError(f"{domain!r} is not a valid domain name")
+    return os.path.join(state_dir, domain + STATE_SUFFIX)
+
+
+def _normalise(domain: str, value: Any) -> Optional[Dict[str, Any]]:
+    """A record read from disk with every field present; None if it is not a record."""
+    if not isinstance(value, dict):
+        return None
+    state = new_state(domain)
+    for key in STATE_FIELDS:
+        if key in value:
+            state[key] = value[key]
+    state["domain"] = domain  # the file name is authoritative
+    for key in NESTED_FIELDS:
+        if not isinstance(state[key], dict):
+            state[key] = None
+    return state
+
+
+def load_state(state_dir: str, domain: str) -> Optional[Dict[str, Any]]:
+    """One domain's record, or None if there is none (or it is unreadable)."""
+    path = state_path(state_dir, domain)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_STATE_FILE + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > MAX_STATE_FILE:
+        return None
+    try:
+        return _normalise(domain, json.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def load_states(state_dir: str, problems: Optional[List[str]] = None) -> Dict[str, Dict[str, Any]]:
+    """Every record in ``state_dir`` by domain; unreadable files are reported and skipped.
+
+    Raises OSError (e.g. PermissionError) if the directory itself cannot be listed;
+    a missing directory simply holds no records.
+    """
+    states: Dict[str, Dict[str, Any]] = {}
+    try:
+        names = sorted(os.listdir(state_dir))
+    except FileNotFoundError:
+        return states
+    for filename in names:
+        if filename.startswith(".") or not filename.endswith(STATE_SUFFIX):
+            continue
+        domain = filename[: -len(STATE_SUFFIX)]
+        if not valid_domain_name(domain):
+            continue
+        try:
+            state = load_state(state_dir, domain)
+        except OSError as exc:
+            state = None
+            if problems is not None:
+                problems.append(f"cannot read {os.path.join(state_dir, filename)}: {exc}")
+                continue
+        if state is None:
+            if problems is not None:
+                problems.append(
+                    f"{os.path.join(state_dir, filename)} is not a valid state record; "
+                    "it is ignored and will be rewritten"
+                )
+            continue
+        states[domain] = state
+    return states
+
+
+def public_record(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A record as written and printed: nested records that never happened are absent."""
+    return {
+        key: value for key, value in state.items() if not (key in NESTED_FIELDS and value is None)
+    }
+
+
+def encode_state(state: Dict[str, Any]) -> bytes:
+    return json.dumps(public_record(state), indent=2, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def save_state(state_dir: str, state: Dict[str, Any], sync: bool = True) -> None:
+    """Write one record atomically (0600); creates ``state_dir`` (0700) if needed."""
+    path = state_path(state_dir, str(state["domain"]))
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    atomic_write(path, encode_state(state), sync=sync)
+
+
+def summarise(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The status table's view of a record: short strings, plus the delivered count.
+
+    ``delivered`` is "yes" only if the guest acknowledged the bundle the store holds
+    now, "stale" if it acknowledged some other (older) bundle, "no" if it never did.
+    """
+    bundle = state.get("bundle") if isinstance(state.get("bundle"), dict) else None
+    delivered = state.get("delivered") if isinstance(state.get("delivered"), dict) else None
+    handshake = state.get("handshake") if isinstance(state.get("handshake"), dict) else None
+    status = state.get("status") if isinstance(state.get("status"), dict) else None
+    last_error = state.get("last_error") if isinstance(state.get("last_error"), dict) else None
+
+    if delivered is None or not delivered.get("sha256"):
+        delivered_text = "no"
+    elif bundle is not None and delivered.get("sha256") == bundle.get("sha256"):
+        delivered_text = "yes"
+    else:
+        delivered_text = "stale"
+    if state.get("active", True) is False:
+        connected = "removed"
+    else:
+        connected = "yes" if state.get("connected") else "no"
+    if status is None:
+        status_text = "-"
+    else:
+        status_text = str(status.get("state", "?"))
+        if status.get("mismatch"):
+            status_text += " (mismatch)"
+    count = delivered.get("count", 0) if delivered is not None else 0
+    return {
+        "domain": state.get("domain", ""),
+        "active": state.get("active", True) is not False,
+        "connected": connected,
+        "handshake": f"v{handshake.get('version')}" if handshake is not None else "no",
+        "delivered": delivered_text,
+        "delivered_count": count if isinstance(count, int) else 0,
+        "status": status_text,
+        "instance_id": (bundle.get("instance_id") if bundle is not None else None) or "-",
+        "last_error": (last_error.get("message") if last_error is not None else None) or "-",
+        "updated_at": state.get("updated_at"),
+    }
+
+
+class StateRecorder:
+    """The agent's in-memory records, written to disk coalesced and off the event loop.
+
+    ``update()`` changes a record and schedules its write: at once if the domain was
+    not written in the last ``min_interval`` seconds, else when that interval ends, so a
+    burst of events costs one write.  Writes run in the loop's executor (fsync must not
+    stall 1000 channels); at most one write per domain is in flight, and a newer change
+    waits for it, so an older snapshot can never overwrite a newer one.  Without a running
+    event loop (tests, tools) ``update()`` writes synchronously.
+    """
+
+    def __init__(self, state_dir: str, min_interval: float = 0.2) -> None:
+        self.state_dir = state_dir
+        self.min_interval = min_interval
+        self.states: Dict[str, Dict[str, Any]] = {}
+        self._dirty: Set[str] = set()
+        self._last_write: Dict[str, float] = {}
+        self._timers: Dict[str, asyncio.TimerHandle] = {}
+        self._inflight: Dict[str, asyncio.Future[None]] = {}
+        self._failing = False
+
+    def restore(self) -> List[str]:
+        """Load the records on disk; returns sentences about files that were skipped."""
+        problems: List[str] = []
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self.states = load_states(self.state_dir, problems)
+        return problems
+
+    def get(self, domain: str) -> Optional[Dict[str, Any]]:
+        return self.states.get(domain)
+
+    def ensure(self, domain: str) -> Dict[str, Any]:
+        state = self.states.get(domain)
+        if state is None:
+            state = self.states[domain] = new_state(domain)
+        return state
+
+    def update(self, domain: str, **fields: Any) -> Dict[str, Any]:
+        state = self.ensure(domain)
+        for key, value in fields.items():
+            if key not in _DEFAULTS:
+                raise KeyError(f"{key!r} is not a state field")
+            state[key] = value
+        state["updated_at"] = now_iso()
+        self._dirty.add(domain)
+        self._schedule(domain)
+        return state
+
+    @property
+    def pending(self) -> int:
+        """Records changed in memory but not yet on disk."""
+        return len(self._dirty) + len(self._inflight)
+
+    def _schedule(self, domain: str) -> None:
+        if domain in self._timers or domain in self._inflight:
+            return  # the pending timer or write completion picks the change up
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_sync(domain)
+            return
+        delay = self._last_write.get(domain, -1e9) + self.min_interval - time.monotonic()
+        self._timers[domain] = loop.call_later(max(0.0, delay), self._start_write, domain)
+
+    def _start_write(self, domain: str) -> None:
+        self._timers.pop(domain, None)
+        if domain not in self._dirty:
+            return
+        self._dirty.discard(domain)
+        state = self.states.get(domain)
+        if state is None:
+            return
+        data = encode_state(state)
+        path = state_path(self.state_dir, domain)
+        self._last_write[domain] = time.monotonic()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self._write_file, path, data)
+        self._inflight[domain] = future
+        future.add_done_callback(lambda done: self._written(domain, done))
+
+    def _write_file(self, path: str, data: bytes) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        atomic_write(path, data, sync=True)
+
+    def _written(self, domain: str, future: "asyncio.Future[None]") -> None:
+        self._inflight.pop(domain, None)
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None:
+            self._dirty.add(domain)
+            # Retry a second later; one log line while writes keep failing.
+            self._last_write[domain] = time.monotonic() + 1.0
+            if not self._failing:
+                self._failing = True
+                log_event(
+                    "-", "state-write-failed", logging.ERROR, state_dir=self.state_dir, error=exc
+                )
+        elif self._failing:
+            self._failing = False
+            log_event("-", "state-write-recovered", state_dir=self.state_dir)
+        if domain in self._dirty:
+            try:
+                self._schedule(domain)
+            except RuntimeError:
+                pass  # the loop is closing; flush() writes what is left
+
+    def _write_sync(self, domain: str) -> None:
+        state = self.states.get(domain)
+        self._dirty.discard(domain)
+        if state is not None:
+            save_state(self.state_dir, state)
+            self._last_write[domain] = time.monotonic()
+
+    async def flush(self) -> None:
+        """Write every pending change now (at shutdown); waits for writes in flight."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
+            # Completion callbacks run on the next loop iteration.
+            await asyncio.sleep(0)
+            for handle in self._timers.values():
+                handle.cancel()
+            self._timers.clear()
+        self.flush_sync()
+
+    def flush_sync(self) -> None:
+        """Write every pending change synchronously (no writes may be in flight)."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for domain in sorted(self._dirty):
+            try:
+                self._write_sync(domain)
+            except OSError as exc:
+                log_event(domain, "state-write-failed", logging.ERROR, error=exc.strerror)

@@ -1,0 +1,927 @@
+"""The dom0 agent against real Unix sockets.
+
+The test plays QEMU (an asyncio Unix socket server at the domain's socket path) and the
+guest behind it (speaking protocol.py frames on the accepted connection).  The agent
+runs in the same event loop.  Every wait is bounded.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import pytest
+
+from xenchannel.dom0 import cli
+from xenchannel.dom0.agent import Agent, AgentConfig, control_request
+from xenchannel.dom0.state import load_state
+from xenchannel.dom0.store import remove_domain, write_domain
+from xenchannel.protocol import (
+    ERR_BAD_REQUEST,
+    ERR_NO_BUNDLE,
+    ERR_VERSION,
+    Bundle,
+    BundleReceiver,
+    Frame,
+    FrameDecoder,
+    MessageType,
+    encode_frame,
+    encode_message,
+    new_nonce,
+)
+
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
+TIMEOUT = 5.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class Env(NamedTuple):
+    root: str
+    store: str
+    state: str
+    sockets: str
+    control: str
+
+    def sock(self, name: str) -> str:
+        return os.path.join(self.sockets, name + ".sock")
+
+    def config(self, **overrides: Any) -> AgentConfig:
+        values: Dict[str, Any] = {
+            "store_dir": self.store,
+            "state_dir": self.state,
+            "socket_root": self.sockets,
+            "control_socket": self.control,
+            "rescan_interval": 0.05,
+            "connect_timeout": 1.0,
+            "backoff_initial": 0.02,
+            "backoff_max": 0.2,
+            "query_timeout": 1.0,
+            "chunk_size": 1024,
+        }
+        values.update(overrides)
+        return AgentConfig(**values)
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    # pytest's tmp_path can exceed the 108-byte sun_path limit.
+    root = tempfile.mkdtemp(prefix="xcd0", dir="/tmp")
+    sockets = os.path.join(root, "s")
+    os.makedirs(sockets)
+    yield Env(
+        root,
+        os.path.join(root, "store"),
+        os.path.join(root, "state"),
+        sockets,
+        os.path.join(root, "c.sock"),
+    )
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def make_bundle(iid: str, hostname: str, size: int = 3000) -> Bundle:
+    user_data = ("#cloud-config\n# " + "x" * size + "\n").encode()
+    return Bundle({"instance-id": iid, "local-hostname": hostname}, user_data)
+
+
+def run(coro: Any, timeout: float = 30.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def state_of(env: Env, domain: str) -> Dict[str, Any]:
+    return load_state(env.state, domain) or {}
+
+
+class GuestConn:
+    """One accepted connection: the guest's side of the channel."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.frames: asyncio.Queue[Optional[Frame]] = asyncio.Queue()
+        self.seen: List[Frame] = []
+        self.eof = asyncio.Event()
+        self.reading = asyncio.Event()  # clear it to stop reading, as a slow guest would
+        self.reading.set()
+        self.link = ""  # set from the first KNOCK by FakeQemu.accept
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        decoder = FrameDecoder()
+        try:
+            while True:
+                await self.reading.wait()
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    if isinstance(item, Frame):
+                        self.seen.append(item)
+                        self.frames.put_nowait(item)
+        except (ConnectionError, OSError):
+            pass
+        self.eof.set()
+        self.frames.put_nowait(None)
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def send(self, mtype: MessageType, body: Dict[str, Any], rid: int) -> None:
+        self.send_raw(encode_message(mtype, body, rid))
+
+    async def recv(self, *types: MessageType, timeout: float = TIMEOUT) -> Frame:
+        """The next frame of one of ``types`` (others, such as KNOCKs, are passed over)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {[t.name for t in types]} frame in time")
+            try:
+                frame = await asyncio.wait_for(self.frames.get(), left)
+            except asyncio.TimeoutError:
+                continue
+            if frame is None:
+                raise AssertionError("the agent closed the connection")
+            if not types or frame.message_type() in types:
+                return frame
+
+    async def hello(self, rid: int = 7, **extra: Any) -> str:
+        nonce = new_nonce()
+        self.send(MessageType.HELLO, dict({"nonce": nonce, "versions": [1]}, **extra), rid)
+        frame = await self.recv(MessageType.WELCOME, MessageType.ERROR)
+        assert frame.message_type() is MessageType.WELCOME, frame.json()
+        body = frame.json()
+        assert frame.request_id == rid
+        assert body["nonce"] == nonce
+        assert body["version"] == 1
+        assert body["versions"] == [1]
+        assert body["link"] == self.link  # the KNOCK's link: this connection
+        return str(body["session"])
+
+    async def fetch(self, session: str, rid: int = 8, **extra: Any) -> Tuple[Bundle, str]:
+        self.send(MessageType.GET_BUNDLE, dict({"session": session}, **extra), rid)
+        receiver = BundleReceiver()
+        while True:
+            frame = await self.recv(
+                MessageType.BUNDLE_BEGIN,
+                MessageType.BUNDLE_CHUNK,
+                MessageType.BUNDLE_END,
+                MessageType.ERROR,
+            )
+            assert frame.request_id == rid
+            mtype = frame.message_type()
+            if mtype is MessageType.ERROR:
+                raise AssertionError(f"ERROR {frame.json()}")
+            if mtype is MessageType.BUNDLE_BEGIN:
+                receiver.begin(frame.json())
+            elif mtype is MessageType.BUNDLE_CHUNK:
+                receiver.chunk(frame.payload)
+            else:
+                bundle = receiver.end(frame.json())
+                assert receiver.sha256 is not None
+                return bundle, receiver.sha256
+
+    async def ack(self, session: str, digest: str, rid: int = 9) -> Frame:
+        self.send(MessageType.BUNDLE_ACK, {"session": session, "sha256": digest}, rid)
+        frame = await self.recv(MessageType.STATUS_ACK, MessageType.ERROR)
+        assert frame.request_id == rid
+        return frame
+
+    async def status(self, session: str, rid: int = 10, **body: Any) -> Frame:
+        self.send(MessageType.STATUS, dict({"session": session}, **body), rid)
+        frame = await self.recv(MessageType.STATUS_ACK, MessageType.ERROR)
+        assert frame.request_id == rid
+        return frame
+
+    async def error(self, rid: int) -> Dict[str, Any]:
+        frame = await self.recv(MessageType.ERROR)
+        assert frame.request_id == rid
+        return frame.json()
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.writer.close()
+
+
+class FakeQemu:
+    """A Unix socket server at a domain's socket path, as QEMU's chardev would be."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conns: asyncio.Queue[GuestConn] = asyncio.Queue()
+        self.all: List[GuestConn] = []
+        self.server: Optional[asyncio.AbstractServer] = None
+
+    async def start(self) -> "FakeQemu":
+        self.server = await asyncio.start_unix_server(self._accept, self.path)
+        return self
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = GuestConn(reader, writer)
+        self.all.append(conn)
+        self.conns.put_nowait(conn)
+
+    async def accept(self, timeout: float = TIMEOUT) -> GuestConn:
+        conn = await asyncio.wait_for(self.conns.get(), timeout)
+        # Every connect starts with a KNOCK listing the versions.
+        knock = await conn.recv(MessageType.KNOCK)
+        body = knock.json()
+        assert body["versions"] == [1]
+        # The connection's link id: WELCOMEs on this connection carry the same one.
+        assert isinstance(body["link"], str) and len(body["link"]) == 16
+        assert knock.request_id == 0
+        conn.link = body["link"]
+        return conn
+
+    async def close(self) -> None:
+        for conn in self.all:
+            conn.close()
+        if self.server is not None:
+            self.server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config: AgentConfig) -> AsyncIterator[Agent]:
+    agent = Agent(config)
+    task = asyncio.ensure_future(agent.run())
+    await wait_until(lambda: agent.ready or task.done())
+    if task.done():
+        task.result()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5.0)
+
+
+@contextlib.asynccontextmanager
+async def qemu(path: str) -> AsyncIterator[FakeQemu]:
+    server = await FakeQemu(path).start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_handshake_bundle_delivery_and_ack(env: Env) -> None:
+    bundle = make_bundle("iid-web1", "web1")
+    write_domain(env.store, "web1", env.sock("web1"), bundle)
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()) as agent:
+            guest = await server.accept()
+            session = await guest.hello(agent="xenchannel-guest/0.1.0\n\x1b[31m")
+            received, digest = await guest.fetch(session)
+            assert received == bundle
+            assert digest == bundle.digest()
+            begin = next(f for f in guest.seen if f.type == MessageType.BUNDLE_BEGIN)
+            assert begin.json()["chunks"] > 2  # chunk_size 1024: several chunks
+
+            ack = await guest.ack(session, digest)
+            assert ack.message_type() is MessageType.STATUS_ACK
+            assert ack.json() == {"recorded": True}
+
+            state = await wait_until(lambda: state_of(env, "web1").get("delivered"))
+            assert state["sha256"] == digest
+            assert state["instance_id"] == "iid-web1"
+            assert state["count"] == 1
+            full = state_of(env, "web1")
+            assert full["connected"] is True
+            assert full["handshake"]["version"] == 1
+            # Truncated to printable characters: no newline or escape reaches the record.
+            assert full["handshake"]["guest_agent"] == "xenchannel-guest/0.1.0[31m"
+            assert full["bundle"] == {
+                "sha256": digest,
+                "instance_id": "iid-web1",
+                "size": len(bundle.encode()),
+            }
+            assert agent.links["web1"].session == session
+
+            # Resume from chunk 2 of the same digest: BEGIN says first=2.
+            guest.seen.clear()
+            guest.send(
+                MessageType.GET_BUNDLE,
+                {"session": session, "resume": {"sha256": digest, "chunk": 2}},
+                11,
+            )
+            begin2 = await guest.recv(MessageType.BUNDLE_BEGIN)
+            assert begin2.json()["first"] == 2
+            end = await guest.recv(MessageType.BUNDLE_END)
+            assert end.json()["sha256"] == digest
+            seqs = [f.payload[:4] for f in guest.seen if f.type == MessageType.BUNDLE_CHUNK]
+            assert int.from_bytes(seqs[0], "big") == 2
+            # A resume naming another digest starts over.
+            guest.send(
+                MessageType.GET_BUNDLE,
+                {"session": session, "resume": {"sha256": "0" * 64, "chunk": 2}},
+                12,
+            )
+            assert (await guest.recv(MessageType.BUNDLE_BEGIN)).json()["first"] == 0
+
+        final = state_of(env, "web1")
+        assert final["connected"] is False
+        assert final["disconnected_at"]
+
+    run(scenario())
+
+
+def test_status_recorded_in_a_later_session(env: Env) -> None:
+    bundle = make_bundle("iid-web1", "web1")
+    write_domain(env.store, "web1", env.sock("web1"), bundle)
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            session = await guest.hello()
+            _, digest = await guest.fetch(session)
+            await guest.ack(session, digest)
+            # cloud-init reports at the end of boot, from a new session.
+            later = await guest.hello(rid=20)
+            assert later != session
+            reply = await guest.status(later, state="applied", instance_id="iid-web1")
+            assert reply.json() == {"recorded": True}
+            # The old session is gone.
+            old = await guest.status(session, rid=21, state="applied")
+            assert old.json()["message"] == "unknown session; send HELLO first"
+
+            status = await wait_until(lambda: state_of(env, "web1").get("status"))
+            assert status["state"] == "applied"
+            assert status["instance_id"] == "iid-web1"
+            assert status["mismatch"] is False
+            assert status["reason"] is None
+
+            failed = await guest.status(later, rid=22, state="failed", reason="r" * 900)
+            assert failed.message_type() is MessageType.STATUS_ACK
+            status = await wait_until(
+                lambda: (
+                    (state_of(env, "web1").get("status") or {}).get("state") == "failed"
+                    and state_of(env, "web1")["status"]
+                )
+            )
+            assert len(status["reason"]) == 500
+            assert state_of(env, "web1")["last_error"] is None
+
+    run(scenario())
+
+
+def test_a_resent_hello_keeps_its_session(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            # The guest resends HELLO (same nonce) before the first WELCOME arrived.
+            nonce = new_nonce()
+            guest.send(MessageType.HELLO, {"nonce": nonce, "versions": [1]}, 1)
+            guest.send(MessageType.HELLO, {"nonce": nonce, "versions": [1]}, 2)
+            first = await guest.recv(MessageType.WELCOME)
+            second = await guest.recv(MessageType.WELCOME)
+            assert (first.request_id, second.request_id) == (1, 2)
+            session = first.json()["session"]
+            assert second.json()["session"] == session
+            bundle, _ = await guest.fetch(session)
+            assert bundle.instance_id == "iid-1"
+            # A new nonce is a new session; the old one is forgotten.
+            assert await guest.hello(rid=3) != session
+            guest.send(MessageType.GET_BUNDLE, {"session": session}, 4)
+            assert (await guest.error(4))["message"] == "unknown session; send HELLO first"
+
+    run(scenario())
+
+
+def test_version_mismatch_is_an_error_with_code_and_recorded(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            guest.send(MessageType.HELLO, {"nonce": new_nonce(), "versions": [7, 9]}, 31)
+            error = await guest.error(31)
+            assert error["code"] == ERR_VERSION
+            assert "no common protocol version" in error["message"]
+            assert "the guest speaks 7, 9" in error["message"]
+            last = await wait_until(lambda: state_of(env, "web1").get("last_error"))
+            assert last["message"] == error["message"]
+            # The connection stays; a guest that speaks version 1 gets its session.
+            assert await guest.hello(rid=32)
+
+    run(scenario())
+
+
+def test_bad_requests_get_errors_and_never_kill_the_connection(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            guest.send(MessageType.GET_BUNDLE, {"session": "nope"}, 41)
+            error = await guest.error(41)
+            assert error == {
+                "code": ERR_BAD_REQUEST,
+                "message": "unknown session; send HELLO first",
+            }
+
+            guest.send_raw(encode_frame(MessageType.HELLO, b"{not json", 42))
+            error = await guest.error(42)
+            assert error["code"] == ERR_BAD_REQUEST
+            assert "not valid UTF-8 JSON" in error["message"]
+
+            guest.send(MessageType.HELLO, {"versions": [1]}, 43)
+            assert "nonce" in (await guest.error(43))["message"]
+            guest.send(MessageType.HELLO, {"nonce": "n"}, 44)
+            assert "versions" in (await guest.error(44))["message"]
+
+            session = await guest.hello(rid=45)
+            guest.send(MessageType.STATUS, {"session": session, "state": "bogus"}, 46)
+            assert "STATUS state must be one of" in (await guest.error(46))["message"]
+            guest.send(MessageType.BUNDLE_ACK, {"session": session}, 47)
+            assert "sha256" in (await guest.error(47))["message"]
+            guest.send(MessageType.GET_BUNDLE, {"session": session, "resume": {"chunk": "x"}}, 48)
+            assert "resume" in (await guest.error(48))["message"]
+
+            wrong = await guest.ack(session, "f" * 64, rid=49)
+            assert wrong.json() == {
+                "code": ERR_BAD_REQUEST,
+                "message": "guest acknowledged a bundle with a different digest",
+            }
+            last = await wait_until(
+                lambda: (
+                    "different digest"
+                    in ((state_of(env, "web1").get("last_error") or {}).get("message") or "")
+                )
+            )
+            assert last
+            assert state_of(env, "web1")["delivered"] is None
+            # Still served after all that.
+            bundle, _ = await guest.fetch(session, rid=50)
+            assert bundle.instance_id == "iid-1"
+
+    run(scenario())
+
+
+def test_echo_and_garbage_are_ignored(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xenchannel.dom0")
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()) as agent:
+            guest = await server.accept()
+            # A cooked-mode tty echoes everything the host sent, mangled or not.
+            for frame in list(guest.seen):
+                guest.send_raw(encode_frame(frame.type, frame.payload, frame.request_id))
+            guest.send_raw(encode_message(MessageType.WELCOME, {"nonce": "x", "session": "y"}, 5))
+            guest.send_raw(b"AT\r\nATE0\r\n[   12.345] kernel: hello\n")
+            # A garbage flood: many chunks, one summary log line at most.
+            for _ in range(50):
+                guest.send_raw(b"\xff" + os.urandom(4000).replace(b"\xff", b"\x00"))
+            session = await guest.hello(rid=61)
+            _, digest = await guest.fetch(session, rid=62)
+            assert (await guest.ack(session, digest, rid=63)).json() == {"recorded": True}
+            assert agent.links["web1"].echoes_ignored >= 2
+            errors = [f for f in guest.seen if f.type == MessageType.ERROR]
+            assert errors == []
+            assert state_of(env, "web1").get("last_error") is None
+
+    run(scenario())
+    skipped = [r for r in caplog.records if "event=skipped" in r.getMessage()]
+    assert 1 <= len(skipped) <= 2  # the first flood line, and the summary at disconnect
+    assert "garbage" in skipped[0].getMessage()
+
+
+def test_a_guest_claiming_another_identity_gets_only_its_own_bundle(env: Env) -> None:
+    bundle_a = make_bundle("iid-aaa", "alpha")
+    bundle_b = make_bundle("iid-bbb", "bravo")
+    write_domain(env.store, "alpha", env.sock("alpha"), bundle_a)
+    write_domain(env.store, "bravo", env.sock("bravo"), bundle_b)
+
+    async def scenario() -> None:
+        async with qemu(env.sock("alpha")) as qa, qemu(env.sock("bravo")) as qb, running_agent(
+            env.config()
+        ):
+            guest_a, guest_b = await qa.accept(), await qb.accept()
+            # Each guest claims to be the other one.
+            session_a = await guest_a.hello(domain="bravo", **{"instance-id": "iid-bbb"})
+            session_b = await guest_b.hello(domain="alpha", **{"instance-id": "iid-aaa"})
+            got_a, digest_a = await guest_a.fetch(session_a, domain="bravo")
+            got_b, digest_b = await guest_b.fetch(session_b, domain="alpha")
+            assert got_a == bundle_a
+            assert got_b == bundle_b
+            # Acknowledging the other domain's digest is refused.
+            refused = await guest_a.ack(session_a, bundle_b.digest())
+            assert refused.message_type() is MessageType.ERROR
+            await guest_a.ack(session_a, digest_a, rid=13)
+            await guest_b.ack(session_b, digest_b, rid=13)
+            await guest_a.status(session_a, state="applied", instance_id="iid-bbb")
+            await guest_b.status(session_b, state="applied", instance_id="iid-aaa")
+
+            def mismatches() -> bool:
+                a, b = state_of(env, "alpha"), state_of(env, "bravo")
+                return bool(
+                    (a.get("status") or {}).get("mismatch")
+                    and (b.get("status") or {}).get("mismatch")
+                )
+
+            await wait_until(mismatches)
+            a, b = state_of(env, "alpha"), state_of(env, "bravo")
+            assert a["last_error"]["message"] == (
+                "guest reported instance-id iid-bbb but this domain's bundle has iid-aaa"
+            )
+            assert b["last_error"]["message"] == (
+                "guest reported instance-id iid-aaa but this domain's bundle has iid-bbb"
+            )
+            assert a["delivered"]["sha256"] == bundle_a.digest()
+            assert b["delivered"]["sha256"] == bundle_b.digest()
+            assert a["status"]["instance_id"] == "iid-bbb"  # recorded for its own domain only
+
+    run(scenario())
+
+
+def test_domains_added_changed_and_removed_while_running(env: Env) -> None:
+    write_domain(env.store, "alpha", env.sock("alpha"), make_bundle("iid-a1", "alpha"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("alpha")) as qa, qemu(env.sock("bravo")) as qb, qemu(
+            env.sock("alpha2")
+        ) as qa2, running_agent(env.config()) as agent:
+            guest_a = await qa.accept()
+            session = await guest_a.hello()
+            _, first_digest = await guest_a.fetch(session)
+            await guest_a.ack(session, first_digest)
+
+            # Added: the agent connects to the new domain's socket.
+            write_domain(env.store, "bravo", env.sock("bravo"), make_bundle("iid-b", "bravo"))
+            guest_b = await qb.accept()
+            assert "bravo" in agent.links
+
+            # Changed bundle: the new digest is served and recorded; delivery is stale.
+            changed = make_bundle("iid-a2", "alpha", size=5000)
+            write_domain(env.store, "alpha", env.sock("alpha"), changed)
+            await wait_until(
+                lambda: (
+                    (state_of(env, "alpha").get("bundle") or {}).get("sha256") == changed.digest()
+                )
+            )
+            assert cli.summarise(state_of(env, "alpha"))["delivered"] == "stale"
+            got, digest = await guest_a.fetch(session, rid=30)
+            assert got == changed
+            await guest_a.ack(session, digest, rid=31)
+            await wait_until(lambda: cli.summarise(state_of(env, "alpha"))["delivered"] == "yes")
+            assert state_of(env, "alpha")["delivered"]["count"] == 2
+
+            # Changed socket: the old connection closes, the new socket is served.
+            write_domain(env.store, "alpha", env.sock("alpha2"), changed)
+            await asyncio.wait_for(guest_a.eof.wait(), TIMEOUT)
+            guest_a2 = await qa2.accept()
+            session2 = await guest_a2.hello()
+            got2, _ = await guest_a2.fetch(session2)
+            assert got2 == changed
+
+            # Removed: the open connection closes at once; the record says inactive.
+            remove_domain(env.store, "bravo")
+            await asyncio.wait_for(guest_b.eof.wait(), TIMEOUT)
+            await wait_until(lambda: state_of(env, "bravo").get("active") is False)
+            assert "bravo" not in agent.links
+            assert cli.summarise(state_of(env, "bravo"))["connected"] == "removed"
+
+    run(scenario())
+
+
+def test_invalid_bundle_is_reported_to_the_guest(env: Env) -> None:
+    directory = os.path.join(env.store, "web1")
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+    path = os.path.join(directory, "domain.json")
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            session = await guest.hello()
+            # The entry loses its instance-id: a valid socket, an invalid bundle.
+            text = Path(path).read_text(encoding="utf-8").replace('"instance-id"', '"iid"')
+            Path(path).write_text(text, encoding="utf-8")
+            guest.send(MessageType.GET_BUNDLE, {"session": session}, 70)
+            error = await guest.error(70)
+            assert error["code"] == ERR_NO_BUNDLE
+            assert "meta-data has no instance-id" in error["message"]
+            await wait_until(lambda: state_of(env, "web1").get("bundle") is None)
+            assert "no instance-id" in state_of(env, "web1")["last_error"]["message"]
+            # A world-readable entry is not served at all: the connection closes.
+            os.chmod(path, 0o644)
+            await asyncio.wait_for(guest.eof.wait(), TIMEOUT)
+            await wait_until(
+                lambda: (
+                    "chmod 600"
+                    in ((state_of(env, "web1").get("last_error") or {}).get("message") or "")
+                )
+            )
+
+    run(scenario())
+
+
+def test_socket_absent_then_appears(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with running_agent(env.config(backoff_max=0.3)):
+            await asyncio.sleep(0.8)  # the back-off reaches its maximum
+            assert state_of(env, "web1").get("connected") is False
+            async with qemu(env.sock("web1")) as server:
+                started = time.monotonic()
+                guest = await server.accept(timeout=2.0)
+                assert time.monotonic() - started < 0.3 + 0.2  # one back-off step
+                assert await guest.hello()
+                await wait_until(lambda: state_of(env, "web1").get("connected") is True)
+            # The domain stops: the socket disappears; the agent notices and waits.
+            await wait_until(lambda: state_of(env, "web1").get("connected") is False)
+            async with qemu(env.sock("web1")) as server:
+                await server.accept(timeout=2.0)
+
+    run(scenario())
+
+
+def test_agent_restart_keeps_the_delivered_count(env: Env) -> None:
+    bundle = make_bundle("iid-1", "web1")
+    write_domain(env.store, "web1", env.sock("web1"), bundle)
+
+    async def deliver_once() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            session = await guest.hello()
+            _, digest = await guest.fetch(session)
+            await guest.ack(session, digest)
+            await guest.status(session, state="applied", instance_id="iid-1")
+
+    async def scenario() -> None:
+        await deliver_once()
+        first = state_of(env, "web1")
+        assert first["delivered"]["count"] == 1
+        assert first["connected"] is False
+        await deliver_once()
+        second = state_of(env, "web1")
+        assert second["delivered"]["count"] == 2
+        assert second["status"]["state"] == "applied"
+        assert second["handshake"]["version"] == 1
+
+    run(scenario())
+
+
+def test_removed_while_agent_was_down_is_marked_inactive(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with running_agent(env.config()):
+            await wait_until(lambda: state_of(env, "web1").get("bundle"))
+        remove_domain(env.store, "web1")
+        async with running_agent(env.config()):
+            await wait_until(lambda: state_of(env, "web1").get("active") is False)
+
+    run(scenario())
+
+
+def test_knock_repeats_while_idle(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config(knock_interval=0.2)):
+            guest = await server.accept()
+            await guest.recv(MessageType.KNOCK, timeout=1.0)
+            await guest.recv(MessageType.KNOCK, timeout=1.0)
+
+    run(scenario())
+
+
+def test_no_knock_while_a_slow_transfer_streams(env: Env) -> None:
+    big = make_bundle("iid-1", "web1", size=3 * 1024 * 1024)  # more than socket buffers
+    write_domain(env.store, "web1", env.sock("web1"), big)
+
+    async def scenario() -> None:
+        config = env.config(knock_interval=0.2, chunk_size=32 * 1024)
+        async with qemu(env.sock("web1")) as server, running_agent(config):
+            guest = await server.accept()
+            session = await guest.hello()
+            guest.seen.clear()
+            guest.send(MessageType.GET_BUNDLE, {"session": session}, 8)
+            await guest.recv(MessageType.BUNDLE_BEGIN)
+            guest.reading.clear()  # the guest stalls: the agent's writes back up
+            await asyncio.sleep(1.0)
+            guest.reading.set()
+            await guest.recv(MessageType.BUNDLE_END, timeout=10)
+            types = [f.message_type() for f in guest.seen]
+            assert MessageType.KNOCK not in types
+            # Idle again afterwards: the KNOCKs resume.
+            await guest.recv(MessageType.KNOCK, timeout=2)
+
+    run(scenario())
+
+
+def test_query_through_the_control_socket(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+    write_domain(env.store, "web2", env.sock("web2"), make_bundle("iid-2", "web2"))
+
+    async def answer(guest: GuestConn) -> None:
+        frame = await guest.recv(MessageType.QUERY)
+        assert frame.json() == {"what": ["version", "uptime"]}
+        # A reply with another request id is ignored; the right one answers.
+        guest.send(MessageType.QUERY_REPLY, {"version": "wrong"}, frame.request_id ^ 1)
+        guest.send(MessageType.QUERY_REPLY, {"version": "1.0", "uptime": 12}, frame.request_id)
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            assert (await control_request(env.control, {"op": "ping"}, 5))["ok"] is True
+            answering = asyncio.ensure_future(answer(guest))
+            reply = await control_request(
+                env.control,
+                {"op": "query", "domain": "web1", "what": ["version", "uptime"]},
+                5,
+            )
+            await answering
+            assert reply == {"ok": True, "reply": {"version": "1.0", "uptime": 12}}
+
+            # The same through the CLI (it runs its own event loop: use a thread).
+            answering = asyncio.ensure_future(answer(guest))
+            argv = ["query", "web1", "--what", "version,uptime", "--control-socket", env.control]
+            code = await asyncio.get_running_loop().run_in_executor(None, cli.main, argv)
+            await answering
+            assert code == 0
+            assert json.loads(capsys.readouterr().out) == {"version": "1.0", "uptime": 12}
+
+            # Nobody answers: a bounded wait and an error naming the domain.
+            started = time.monotonic()
+            reply = await control_request(
+                env.control, {"op": "query", "domain": "web1", "timeout": 0.3}, 5
+            )
+            assert time.monotonic() - started < 2.0
+            assert reply["ok"] is False
+            assert reply["error"].startswith("domain web1 did not answer the query within 0.3 s")
+            # Its late answer is dropped: nobody waits for that request id any more.
+            late = await guest.recv(MessageType.QUERY)
+            guest.send(MessageType.QUERY_REPLY, {"late": True}, late.request_id)
+
+            # A guest ERROR answers the query too.
+            async def refuse() -> None:
+                frame = await guest.recv(MessageType.QUERY)
+                guest.send(
+                    MessageType.ERROR,
+                    {"code": "unsupported", "message": "no agent here"},
+                    frame.request_id,
+                )
+
+            refusing = asyncio.ensure_future(refuse())
+            reply = await control_request(env.control, {"op": "query", "domain": "web1"}, 5)
+            await refusing
+            assert reply == {
+                "ok": False,
+                "error": "the peer reported unsupported: no agent here",
+            }
+
+            reply = await control_request(env.control, {"op": "query", "domain": "web2"}, 5)
+            assert reply["ok"] is False
+            assert "domain web2 is not connected" in reply["error"]
+            reply = await control_request(env.control, {"op": "query", "domain": "nope"}, 5)
+            assert "unknown domain 'nope'" in reply["error"]
+            argv = ["query", "nope", "--control-socket", env.control]
+            code = await asyncio.get_running_loop().run_in_executor(None, cli.main, argv)
+            assert code == 1
+            assert "error: unknown domain 'nope'" in capsys.readouterr().err
+            reply = await control_request(env.control, {"op": "launch"}, 5)
+            assert "unknown op 'launch'" in reply["error"]
+
+            # A client that sends nothing gets an answer within the read bound.
+            reader, writer = await asyncio.open_unix_connection(env.control)
+            writer.write(b"{")
+            writer.write_eof()
+            raw = await asyncio.wait_for(reader.read(), 6)
+            writer.close()
+            assert b"not valid JSON" in raw
+
+    run(scenario())
+    assert not os.path.exists(env.control)  # removed at shutdown
+
+
+def test_control_socket_is_private_and_a_second_agent_refuses(env: Env) -> None:
+    async def scenario() -> None:
+        async with running_agent(env.config()):
+            assert os.stat(env.control).st_mode & 0o777 == 0o600
+            second = Agent(env.config())
+            with pytest.raises(Exception, match="another agent is already listening"):
+                await asyncio.wait_for(second.run(), 5)
+
+    run(scenario())
+
+
+def test_status_cli_table_and_json(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = make_bundle("iid-web1", "web1")
+    write_domain(env.store, "web1", env.sock("web1"), bundle)
+    write_domain(env.store, "web2", env.sock("web2"), make_bundle("iid-web2", "web2"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            session = await guest.hello()
+            _, digest = await guest.fetch(session)
+            await guest.ack(session, digest)
+            await guest.status(session, state="applied", instance_id="iid-web1")
+            await wait_until(lambda: state_of(env, "web1").get("status"))
+
+    run(scenario())
+    # The agent is down now: status reads the files.
+    assert cli.main(["status", "--state", env.state]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "DOMAIN", "CONNECTED", "HANDSHAKE", "DELIVERED", "STATUS", "INSTANCE-ID", "LAST", "ERROR"
+    ]  # fmt: skip
+    assert lines[1].split() == ["web1", "no", "v1", "yes", "applied", "iid-web1", "-"]
+    assert lines[2].split() == ["web2", "no", "no", "no", "-", "iid-web2", "-"]
+
+    assert cli.main(["status", "web1", "--json", "--state", env.state]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["domain"] == "web1"
+    assert record["delivered"]["count"] == 1
+    assert record["summary"]["delivered"] == "yes"
+
+    assert cli.main(["status", "--json", "--state", env.state]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["domain"] for r in records] == ["web1", "web2"]
+
+    assert cli.main(["status", "nosuch", "--state", env.state]) == 1
+    err = capsys.readouterr().err
+    assert "no state recorded for domain 'nosuch'" in err
+
+    assert cli.main(["query", "web1", "--control-socket", env.control]) == 1
+    assert "does not exist; is the agent running?" in capsys.readouterr().err
+
+
+def test_config_file_and_cli_overrides(env: Env) -> None:
+    path = os.path.join(env.root, "agent.ini")
+    Path(path).write_text(
+        "[agent]\nstore_dir = /srv/store\nknock_interval = 3\nmax_guest_frame = 65536\n"
+        "control_socket =\n",
+        encoding="utf-8",
+    )
+    args = cli.make_parser().parse_args(["run", "--config", path, "--state", "/srv/state"])
+    config = cli.build_config(args)
+    assert config.store_dir == "/srv/store"
+    assert config.state_dir == "/srv/state"
+    assert config.knock_interval == 3.0
+    assert config.max_guest_frame == 65536
+    assert config.control_socket is None
+    Path(path).write_text("[agent]\nknock = 3\n", encoding="utf-8")
+    with pytest.raises(cli.UsageError, match="unknown key 'knock'"):
+        cli.build_config(args)
+
+
+def test_sigterm_exits_cleanly(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+    environ = dict(os.environ, PYTHONPATH=str(RUNTIME))
+    command = [
+        sys.executable, "-m", "xenchannel.dom0", "run", "--store", env.store,
+        "--state", env.state, "--socket-root", env.sockets, "--control-socket", env.control,
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=environ, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(env.control):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the agent did not start"
+            time.sleep(0.05)
+        reply = asyncio.run(control_request(env.control, {"op": "ping"}, 5))
+        assert reply["ok"] is True
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=5)
+        assert time.monotonic() - started < 5
+        assert proc.returncode == 0, stderr
+        assert "event=started" in stderr
+        assert "event=stopped" in stderr
+        assert "domain=web1 event=loaded" in stderr
+        assert not os.path.exists(env.control)
+        assert state_of(env, "web1")["bundle"]["instance_id"] == "iid-1"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
