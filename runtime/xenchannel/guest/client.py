@@ -94,8 +94,11 @@ class ClientConfig:
 class Session:
     """What a completed handshake agreed on."""
 
-    def __init__(self, session_id: str, version: int, nonce: str, elapsed: float, hellos: int):
+    def __init__(
+        self, session_id: str, version: int, nonce: str, *, elapsed: float, hellos: int, link: str
+    ) -> None:
         self.session_id = session_id
+        self.link = link  # the host connection this session lives on
         self.version = version
         self.nonce = nonce
         self.elapsed = elapsed
@@ -240,7 +243,15 @@ class GuestClient:
             )
         assert isinstance(version, int)
         elapsed = time.monotonic() - start
-        self.session = Session(session_id, version, nonce, elapsed, hellos)
+        link = body.get("link")
+        self.session = Session(
+            session_id,
+            version,
+            nonce,
+            elapsed=elapsed,
+            hellos=hellos,
+            link=link if isinstance(link, str) else "",
+        )
         LOG.info("handshake done: version %d after %d HELLO(s), %.3f s", version, hellos, elapsed)
         return self.session
 
@@ -304,7 +315,8 @@ class GuestClient:
                     f"the bundle transfer stalled for {idle:g} s at {got} of {total} bytes"
                 )
             if frame.type == MessageType.KNOCK:
-                raise _Restart()
+                self._on_knock(frame)
+                continue
             if frame.request_id != request_id:
                 self.frames_ignored += 1
                 continue
@@ -326,6 +338,19 @@ class GuestClient:
                 self._raise_remote(frame)
             else:
                 self.frames_ignored += 1
+
+    def _on_knock(self, frame: Frame) -> None:
+        """A KNOCK mid-request: greet again only if it comes from a new connection.
+
+        A KNOCK of the connection our session lives on was sent before we greeted and
+        delivered late (stale bytes are normal); one from another connection means the
+        agent or QEMU restarted and our session is gone.
+        """
+        link = _json_or_empty(frame).get("link")
+        if self.session is not None and link == self.session.link and link:
+            self.frames_ignored += 1
+            return
+        raise _Restart()
 
     def _raise_remote(self, frame: Frame) -> None:
         body = _json_or_empty(frame)
@@ -350,7 +375,8 @@ class GuestClient:
                     if frame is None:
                         break
                     if frame.type == MessageType.KNOCK:
-                        raise _Restart()
+                        self._on_knock(frame)
+                        continue
                     if frame.request_id != request_id:
                         self.frames_ignored += 1
                         continue

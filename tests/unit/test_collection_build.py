@@ -1,0 +1,51 @@
+"""The collection tarball ships the runtime the roles install, and nothing from a dev tree.
+
+docs/architecture.md promises that runtime/xenchannel travels inside the collection so
+the roles install exactly the version that drives them; this builds the real tarball with
+ansible-galaxy (from the pinned ansible-core) and checks that promise.
+"""
+
+import os
+import subprocess
+import sys
+import tarfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUNTIME_FILES = (
+    "runtime/xenchannel/protocol.py",
+    "runtime/xenchannel/guest/client.py",
+    "runtime/xenchannel/guest/device.py",
+    "runtime/xenchannel/dom0/agent.py",
+    "runtime/xenchannel/dom0/store.py",
+    "runtime/xenchannel/simulator.py",
+    "docs/protocol.md",
+    "meta/runtime.yml",
+)
+
+
+def test_built_collection_ships_the_runtime_and_no_dev_clutter(tmp_path):
+    galaxy = os.path.join(os.path.dirname(sys.executable), "ansible-galaxy")
+    out = subprocess.run(
+        [galaxy, "collection", "build", "--output-path", str(tmp_path), ROOT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    (tarball,) = tmp_path.glob("xenchannel-provision-*.tar.gz")
+    with tarfile.open(tarball) as archive:
+        names = set(archive.getnames())
+        manifest = archive.extractfile("MANIFEST.json")
+        assert manifest is not None
+        assert b'"namespace": "xenchannel"' in manifest.read()
+    missing = [name for name in RUNTIME_FILES if name not in names]
+    assert not missing, missing
+    clutter = [
+        name
+        for name in names
+        if name.startswith((".venv", ".git", ".ci", ".pytest_cache", ".mypy_cache", ".hypothesis"))
+        or "__pycache__" in name
+        or name.startswith("benchmarks/results")
+    ]
+    assert not clutter, clutter[:10]
