@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from xenchannel.dom0.store import write_domain
 from xenchannel.guest import ClientConfig, GuestClient
@@ -53,6 +53,25 @@ def runtime_env() -> Dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = RUNTIME + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def agent_command(store: str, state: str, socket_root: str, control: str, *extra: str) -> List[str]:
+    """The dom0 agent's command line, as tests and benchmarks start it."""
+    return [
+        sys.executable,
+        "-m",
+        "xenchannel.dom0",
+        "run",
+        "--store",
+        store,
+        "--state",
+        state,
+        "--socket-root",
+        socket_root,
+        "--control-socket",
+        control,
+        *extra,
+    ]
 
 
 class Domain:
@@ -112,22 +131,7 @@ class Stack:
         assert self.agent is None
         self._agent_log = open(self.agent_log_path, "a")  # noqa: SIM115 - closed in stop_agent
         self.agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xenchannel.dom0",
-                "run",
-                "--store",
-                self.store,
-                "--state",
-                self.state,
-                "--socket-root",
-                self.run,
-                "--control-socket",
-                self.control,
-                "-v",
-                *extra,
-            ],
+            agent_command(self.store, self.state, self.run, self.control, "-v", *extra),
             stdout=subprocess.DEVNULL,
             # A file, not a pipe: nobody reads a pipe until the agent stops, and with
             # hundreds of domains its log would fill the pipe and stall the agent.

@@ -49,14 +49,16 @@ def test_500_domains_with_hostile_guests():
         agent_pid = stack.agent.pid
         started = time.monotonic()
         swarms = []
+        outputs = []
         for n in range(SWARMS):
             path = os.path.join(stack.root, f"jobs{n}.json")
             with open(path, "w") as handle:
                 json.dump(jobs[n::SWARMS], handle)
+            outputs.append(os.path.join(stack.root, f"results{n}.json"))
             swarms.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tests.load.swarm", path],
-                    stdout=subprocess.PIPE,
+                    [sys.executable, "-m", "tests.load.swarm", path, outputs[-1]],
+                    stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     text=True,
                     env=dict(
@@ -65,10 +67,11 @@ def test_500_domains_with_hostile_guests():
                 )
             )
         results = []
-        for swarm in swarms:
-            out, err = swarm.communicate(timeout=400)
+        for swarm, output in zip(swarms, outputs):
+            _, err = swarm.communicate(timeout=400)
             assert swarm.returncode == 0, err[-3000:]
-            results.extend(json.loads(out))
+            with open(output) as handle:
+                results.extend(json.load(handle))
         elapsed = time.monotonic() - started
         peak = peak_rss_kib(agent_pid)
         good = [r for r in results if r["kind"] == "good"]
