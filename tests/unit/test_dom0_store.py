@@ -270,7 +270,9 @@ def test_user_data_of_wrong_type(store: str, sockets: str) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a..b", "-x", "a/b", "x" * 65, "a b"])
+@pytest.mark.parametrize(
+    "name", ["", ".hidden", "a..b", "-x", "a/b", "x" * 65, "a b", "vm1\n", "../etc"]
+)
 def test_invalid_domain_names(store: str, sockets: str, name: str) -> None:
     with pytest.raises(StoreError, match="is not valid"):
         load_domain(store, name, sockets)

@@ -34,7 +34,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from xenchannel.protocol import MAX_BUNDLE_SIZE, Bundle, BundleError, ChannelError
 
 DOMAIN_FILE = "domain.json"
-DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: $ also matches before a trailing newline, and "vm1\n" is no domain name.
+DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 KNOWN_KEYS = ("socket", "meta-data", "user-data", "vendor-data", "network-config")
 # base64 inflates by 4/3 and JSON adds a little: a file this size cannot hold a bundle
 # under MAX_BUNDLE_SIZE, so reading stops there rather than loading something huge.
