@@ -743,8 +743,10 @@ def bundle_frames(
 class BundleReceiver:
     """Reassembles a bundle from BEGIN/CHUNK/END frames and verifies it.
 
-    A transfer cut off part way can be resumed: ``resume_request()`` says where to
-    continue, and the host honours it only while its bundle has the same digest.
+    A transfer cut off part way, or missing a chunk lost to corruption, is resumed:
+    ``resume_request()`` says where to continue, and the host honours it only while its
+    bundle has the same digest.  Only a failed digest or a chunk of the wrong length
+    discards what was received.
     """
 
     def __init__(self, max_size: int = MAX_BUNDLE_SIZE) -> None:
@@ -806,11 +808,11 @@ class BundleReceiver:
         (seq,) = _CRC.unpack(payload[: _CRC.size])
         data = payload[_CRC.size :]
         if seq != self._next:
-            expected_seq = self._next
-            self._discard()
-            raise ProtocolError(
-                f"bundle chunk {seq} arrived where chunk {expected_seq} was expected"
-            )
+            # A chunk was lost on the way: its frame failed a checksum (a 0xFF of noise
+            # cuts a frame short).  What arrived before it passed its own CRC and the
+            # whole is SHA-256-checked at the end, so keep it and resume from the gap:
+            # on a noisy channel every attempt then makes progress.
+            raise ProtocolError(f"bundle chunk {seq} arrived where chunk {self._next} was expected")
         expected = min(self._chunk_size, self._size - seq * self._chunk_size)
         if len(data) != expected and not (self._size == 0 and not data):
             self._discard()

@@ -1078,9 +1078,9 @@ class TestBundleTransfer:
         receiver.chunk(struct.pack(">I", 0) + chunks[0][1])
         with pytest.raises(ProtocolError, match="chunk 2 arrived where chunk 1 was expected"):
             receiver.chunk(struct.pack(">I", 2) + chunks[2][1])
-        # A sequence error discards the transfer: nothing more is accepted until BEGIN.
-        with pytest.raises(ProtocolError, match="before BUNDLE_BEGIN"):
-            receiver.chunk(struct.pack(">I", 1) + chunks[1][1])
+        # A gap keeps what arrived: the missing chunk is still the one expected.
+        receiver.chunk(struct.pack(">I", 1) + chunks[1][1])
+        assert receiver.progress == (128, len(encoded))
 
     def test_chunk_errors(self) -> None:
         receiver = BundleReceiver()
@@ -1214,11 +1214,23 @@ class TestBundleTransfer:
         frames = protocol.bundle_frames(new.encode(), 13, chunk_size=64)
         assert transfer(b"".join(frames), receiver) == new
 
-    def test_sequence_error_discards_the_data(self) -> None:
+    def test_lost_chunk_resumes_from_the_gap(self) -> None:
+        """Noise cut chunk 2's frame short: chunk 3 arrives next; resume at 2, complete."""
+        bundle = full_bundle(ALL_BYTES)
+        encoded = bundle.encode()
+        receiver = self._partial(encoded, 64, 1)
+        with pytest.raises(ProtocolError, match="chunk 3 arrived where chunk 2 was expected"):
+            receiver.chunk(struct.pack(">I", 3) + encoded[3 * 64 : 4 * 64])
+        request = receiver.resume_request()
+        assert request == {"resume": {"sha256": bundle.digest(), "chunk": 2}}
+        rest = protocol.bundle_frames(encoded, 12, chunk_size=64, first=2)
+        assert transfer(b"".join(rest), receiver) == bundle
+
+    def test_wrong_length_chunk_discards_the_data(self) -> None:
         encoded = full_bundle(ALL_BYTES).encode()
         receiver = self._partial(encoded, 64, 1)
-        with pytest.raises(ProtocolError):
-            receiver.chunk(struct.pack(">I", 5) + encoded[5 * 64 : 6 * 64])
+        with pytest.raises(ProtocolError, match="wrong length"):
+            receiver.chunk(struct.pack(">I", 2) + encoded[2 * 64 : 3 * 64 - 1])
         assert receiver.resume_request() == {}
 
     def test_invalid_bundle_with_good_digest_is_rejected_at_end(self) -> None:

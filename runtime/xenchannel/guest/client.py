@@ -268,6 +268,10 @@ class GuestClient:
         failures = 0
         last_error = ""
         while True:
+            # A failed attempt that still moved the transfer forward (a chunk lost to
+            # noise, then resumed) is not held against ``retries``: progress bounds it,
+            # and ``transfer_timeout`` bounds it all.
+            progress_before = receiver.progress[0]
             if failures > config.retries:
                 raise ChannelTimeout(
                     f"fetching the bundle from {self.device.path} failed {failures} times "
@@ -283,17 +287,17 @@ class GuestClient:
                 bundle = self._transfer(session, receiver, deadline)
             except _Restart:
                 self.session = None
-                failures += 1
+                failures += _no_progress(receiver, progress_before)
                 last_error = "the dom0 agent restarted or lost the session"
                 continue
             except ChannelTimeout as exc:
-                failures += 1
+                failures += _no_progress(receiver, progress_before)
                 last_error = str(exc)
                 continue
             except (ProtocolError, BundleError) as exc:
                 # A corrupt transfer (the digest or a chunk sequence is off): retry;
                 # the receiver has dropped what it held where it could not be trusted.
-                failures += 1
+                failures += _no_progress(receiver, progress_before)
                 last_error = str(exc)
                 LOG.warning("bundle transfer failed, retrying: %s", exc)
                 continue
@@ -440,6 +444,11 @@ def fetch(path: str, config: Optional[ClientConfig] = None) -> Bundle:
     """Open ``path``, fetch and acknowledge the bundle, close: the whole guest flow."""
     with GuestClient.open(path, config) as client:
         return client.fetch_bundle()
+
+
+def _no_progress(receiver: BundleReceiver, before: int) -> int:
+    """1 if an attempt received no new bundle bytes (a failure to count), else 0."""
+    return 0 if receiver.progress[0] > before else 1
 
 
 def _json_or_empty(frame: Frame) -> Dict[str, Any]:
