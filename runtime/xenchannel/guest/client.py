@@ -175,11 +175,15 @@ class GuestClient:
 
     # ------------------------------------------------------------------ handshake
 
-    def handshake(self) -> Session:
-        """Greet the dom0 agent; returns the session (also kept on ``self``)."""
+    def handshake(self, timeout: Optional[float] = None) -> Session:
+        """Greet the dom0 agent; returns the session (also kept on ``self``).
+
+        ``timeout`` defaults to ``connect_timeout``.
+        """
         config = self.config
+        limit = config.connect_timeout if timeout is None else timeout
         start = time.monotonic()
-        deadline = start + config.connect_timeout
+        deadline = start + limit
         nonce = new_nonce()
         hello_ids = set()
         interval = config.hello_interval
@@ -201,7 +205,7 @@ class GuestClient:
             if now >= deadline:
                 raise ChannelTimeout(
                     f"no answer from the dom0 agent on {self.device.path} within "
-                    f"{config.connect_timeout:g} s ({len(hello_ids)} HELLOs sent); check "
+                    f"{limit:g} s ({len(hello_ids)} HELLOs sent); check "
                     "that the agent runs on dom0 and serves this domain"
                 )
             frame = self._recv(min(next_hello, deadline))
@@ -255,9 +259,6 @@ class GuestClient:
         LOG.info("handshake done: version %d after %d HELLO(s), %.3f s", version, hellos, elapsed)
         return self.session
 
-    def _ensure_session(self) -> Session:
-        return self.session or self.handshake()
-
     # ------------------------------------------------------------------ bundle
 
     def fetch_bundle(self) -> Bundle:
@@ -282,7 +283,7 @@ class GuestClient:
                     f"fetching the bundle from {self.device.path} took longer than "
                     f"{config.transfer_timeout:g} s; raise transfer_timeout for a slow channel"
                 )
-            session = self._ensure_session()
+            session = self.session or self.handshake()
             try:
                 bundle = self._transfer(session, receiver, deadline)
             except _Restart:
@@ -364,10 +365,20 @@ class GuestClient:
         raise RemoteError(code, str(body.get("message", "")))
 
     def _acknowledge(self, mtype: MessageType, body: Dict[str, Any], what: str) -> bool:
-        """Send a report and wait for STATUS_ACK, re-greeting a restarted host."""
+        """Send a report and wait for STATUS_ACK, re-greeting a restarted host.
+
+        Never raises for dom0's sake: an unreachable or refusing dom0 gives False (and a
+        warning), so a verified bundle is never lost to its acknowledgement.
+        """
         config = self.config
         for _attempt in range(config.retries + 1):
-            session = self._ensure_session()
+            try:
+                # Re-greeting a restarted host here is bounded like the ack itself, so a
+                # report never holds a boot for the whole connect_timeout.
+                session = self.session or self.handshake(timeout=config.ack_timeout)
+            except ChannelError as exc:
+                LOG.warning("could not reach dom0 to deliver the %s: %s", what, exc)
+                return False
             request_id = self._next_id()
             message = dict(body)
             message["session"] = session.session_id
@@ -390,6 +401,11 @@ class GuestClient:
                         self._raise_remote(frame)
             except _Restart:
                 self.session = None
+            except RemoteError as exc:
+                # e.g. the bundle changed on dom0 after we verified ours: a report, not a
+                # reason to throw away what we hold.
+                LOG.warning("dom0 refused the %s: %s", what, exc)
+                return False
         LOG.warning("dom0 did not acknowledge the %s after %d tries", what, config.retries + 1)
         return False
 
