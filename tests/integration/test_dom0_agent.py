@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, NamedTupl
 import pytest
 
 from xenchannel.dom0 import cli
-from xenchannel.dom0.agent import Agent, AgentConfig, control_request
+from xenchannel.dom0.agent import GET_BUNDLE_INTERVAL, Agent, AgentConfig, control_request
 from xenchannel.dom0.state import load_state
 from xenchannel.dom0.store import remove_domain, write_domain
 from xenchannel.protocol import (
@@ -627,6 +627,7 @@ def test_invalid_bundle_is_reported_to_the_guest(env: Env) -> None:
             error = await guest.error(70)
             assert error["code"] == ERR_NO_BUNDLE
             assert "meta-data has no instance-id" in error["message"]
+            assert env.store not in error["message"]  # dom0's paths stay on dom0
             await wait_until(lambda: state_of(env, "web1").get("bundle") is None)
             assert "no instance-id" in state_of(env, "web1")["last_error"]["message"]
             # A world-readable entry is not served at all: the connection closes.
@@ -638,6 +639,31 @@ def test_invalid_bundle_is_reported_to_the_guest(env: Env) -> None:
                     in ((state_of(env, "web1").get("last_error") or {}).get("message") or "")
                 )
             )
+
+    run(scenario())
+
+
+def test_a_flood_of_get_bundle_requests_is_paced(env: Env) -> None:
+    """Each GET_BUNDLE costs a store read and a SHA-256: a hostile guest gets them paced."""
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            session = await guest.hello()
+            for rid in range(100, 140):
+                guest.send(MessageType.GET_BUNDLE, {"session": session}, rid)
+            window = 1.0
+            deadline = time.monotonic() + window
+            begins = 0
+            while time.monotonic() < deadline:
+                try:
+                    await guest.recv(MessageType.BUNDLE_BEGIN, timeout=deadline - time.monotonic())
+                except AssertionError:
+                    break
+                begins += 1
+            # 40 requests at once; at most one per GET_BUNDLE_INTERVAL is served.
+            assert 1 <= begins <= 1 + window / GET_BUNDLE_INTERVAL + 1
 
     run(scenario())
 

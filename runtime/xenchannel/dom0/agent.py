@@ -110,6 +110,11 @@ SHUTDOWN_TIMEOUT = 3.0
 LOAD_BATCH = 16
 
 MSG_UNKNOWN_SESSION = "unknown session; send HELLO first"
+MSG_NO_BUNDLE = "dom0 has no usable metadata for this domain; the agent's status says why"
+# A guest may ask for its bundle again (a resume after noise), but each request costs a
+# store read and a SHA-256 over up to 16 MiB: a hostile guest asking thousands of times a
+# second must not turn that into a CPU load on dom0.  Later requests wait their turn.
+GET_BUNDLE_INTERVAL = 0.25
 MSG_ACK_MISMATCH = "guest acknowledged a bundle with a different digest"
 
 
@@ -275,6 +280,7 @@ class DomainLink:
         # connection its session lives on (stale, delivered late: ignore it) from one of
         # a new connection (the agent or QEMU restarted: greet again).
         self.link_id = ""
+        self._last_get_bundle = 0.0
         self._session_nonce: Optional[str] = None  # the HELLO nonce that made the session
         self.version = CURRENT_VERSION
         self.connected = False
@@ -732,11 +738,18 @@ class DomainLink:
             raise _BadRequest(
                 ERR_BAD_REQUEST, "GET_BUNDLE resume must be an object with sha256 and chunk"
             )
+        pause = self._last_get_bundle + GET_BUNDLE_INTERVAL - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        self._last_get_bundle = time.monotonic()
         session = self.session
         try:
             entry, encoded = await self.agent.load_for(self)
         except StoreError as exc:
-            raise _BadRequest(ERR_NO_BUNDLE, str(exc), record=False) from None
+            # The full sentence (with dom0's paths) is in the log and the state record.
+            raise _BadRequest(
+                ERR_NO_BUNDLE, exc.guest_message or MSG_NO_BUNDLE, record=False
+            ) from None
         if self._outbox is not outbox or self.session != session:
             return  # the connection or session ended while the store was read
         if entry.socket != self.socket:

@@ -56,9 +56,13 @@ class StoreError(ChannelError):
     socket but its bundle is invalid: the agent can still connect and tell the guest.
     """
 
-    def __init__(self, message: str, socket: Optional[str] = None) -> None:
+    def __init__(
+        self, message: str, socket: Optional[str] = None, guest_message: Optional[str] = None
+    ) -> None:
         super().__init__(message)
         self.socket = socket
+        # What the guest may be told: the bundle's problem without dom0's file paths.
+        self.guest_message = guest_message
 
 
 class DomainEntry(NamedTuple):
@@ -190,7 +194,11 @@ def load_domain(store_dir: str, name: str, socket_root: str) -> DomainEntry:
     try:
         bundle.validate()
     except BundleError as exc:
-        raise StoreError(f"{path} holds an invalid bundle: {exc}", socket) from None
+        raise StoreError(
+            f"{path} holds an invalid bundle: {exc}",
+            socket,
+            guest_message=f"dom0 holds an invalid bundle for this domain: {exc}",
+        ) from None
     encoded = bundle.encode()
     instance_id = bundle.instance_id
     assert instance_id is not None  # validate() guarantees it
