@@ -355,3 +355,43 @@ def test_guests_cannot_claim_each_others_identity(stack: Stack) -> None:
         assert state["status"]["mismatch"] is True
         assert f"iid-{other}" in state["last_error"]["message"]
         assert state["bundle"]["instance_id"] == f"iid-{me}"
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_no_secret_reaches_any_log_or_a_world_readable_file(stack: Stack, caplog: Any) -> None:
+    """user-data, vendor-data and keys travel the whole stack and leave no trace."""
+    secret_user = b"#cloud-config\npassword: user-SECRET-31337\n"
+    secret_vendor = b"vendor-SECRET-4242"
+    bundle = P.Bundle(
+        {"instance-id": "iid-s", "local-hostname": "s1", "api-token": "meta-SECRET-777"},
+        secret_user,
+        secret_vendor,
+        None,
+    )
+    stack.add_domain("s1", bundle, SimulatorOptions(rate=None, echo=True, garbage="both"))
+    stack.start_agent()  # verbose: debug events logged too
+    caplog.set_level("DEBUG")
+    with stack.client("s1") as client:
+        assert client.fetch_bundle() == bundle
+        client.report_status("failed", reason="could not apply", instance_id="iid-s")
+    stack.wait_state("s1", lambda s: s.get("status", {}).get("state") == "failed")
+    stack.stop_agent()
+    texts = {"agent log": stack.log(), "guest log": caplog.text}
+    for root in (stack.state, stack.store):
+        for directory, _, files in os.walk(root):
+            for name in files:
+                path = os.path.join(directory, name)
+                mode = os.stat(path).st_mode & 0o777
+                assert mode & 0o077 == 0, f"{path} is readable by others ({oct(mode)})"
+                if root == stack.state:
+                    with open(path) as handle:
+                        texts[path] = handle.read()
+    # The logs are not empty: they recorded the very events that carried the secrets.
+    assert "event=delivered" in texts["agent log"] and "instance_id=iid-s" in texts["agent log"]
+    assert "event=bundle-requested" in texts["agent log"]  # a debug event: verbose was on
+    assert "bundle received" in texts["guest log"]
+    for where, text in texts.items():
+        for marker in ("user-SECRET", "vendor-SECRET", "meta-SECRET"):
+            assert marker not in text, f"{marker} leaked into {where}"
