@@ -113,8 +113,10 @@ MSG_UNKNOWN_SESSION = "unknown session; send HELLO first"
 MSG_NO_BUNDLE = "dom0 has no usable metadata for this domain; the agent's status says why"
 # A guest may ask for its bundle again (a resume after noise), but each request costs a
 # store read and a SHA-256 over up to 16 MiB: a hostile guest asking thousands of times a
-# second must not turn that into a CPU load on dom0.  Later requests wait their turn.
-GET_BUNDLE_INTERVAL = 0.25
+# second must not turn that into a CPU load on dom0.  A token bucket per connection: a
+# burst an honest guest never exceeds (one fetch, a few resumes), then requests wait.
+GET_BUNDLE_BURST = 4
+GET_BUNDLE_RATE = 4.0  # requests per second once the burst is spent
 MSG_ACK_MISMATCH = "guest acknowledged a bundle with a different digest"
 
 
@@ -208,6 +210,26 @@ def _load_encoded(store_dir: str, name: str, socket_root: str) -> Tuple[DomainEn
 # --------------------------------------------------------------------------- outbox
 
 
+class _TokenBucket:
+    """Pace requests: ``burst`` at once, then ``rate`` per second (waiting, not dropping)."""
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.burst = float(burst)
+        self.rate = rate
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    async def take(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1.0:
+            await asyncio.sleep((1.0 - self.tokens) / self.rate)
+            self.tokens = 1.0
+            self.updated = time.monotonic()
+        self.tokens -= 1.0
+
+
 class _Outbox:
     """Frames waiting for one connection's writer task.
 
@@ -280,7 +302,7 @@ class DomainLink:
         # connection its session lives on (stale, delivered late: ignore it) from one of
         # a new connection (the agent or QEMU restarted: greet again).
         self.link_id = ""
-        self._last_get_bundle = 0.0
+        self._get_bundle_bucket = _TokenBucket(GET_BUNDLE_BURST, GET_BUNDLE_RATE)
         self._session_nonce: Optional[str] = None  # the HELLO nonce that made the session
         self.version = CURRENT_VERSION
         self.connected = False
@@ -738,10 +760,7 @@ class DomainLink:
             raise _BadRequest(
                 ERR_BAD_REQUEST, "GET_BUNDLE resume must be an object with sha256 and chunk"
             )
-        pause = self._last_get_bundle + GET_BUNDLE_INTERVAL - time.monotonic()
-        if pause > 0:
-            await asyncio.sleep(pause)
-        self._last_get_bundle = time.monotonic()
+        await self._get_bundle_bucket.take()
         session = self.session
         try:
             entry, encoded = await self.agent.load_for(self)
