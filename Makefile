@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNTIME := runtime
 
-.PHONY: venv demo test lint typecheck pytest bench clean
+.PHONY: venv demo test lint typecheck pytest bench clean system
 
 $(STAMP): requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# System tools the tests use for real (shellcheck, dash, a udevadm with `verify`, Xen's
+# own config parser): installed or fetched into .cache/ by the project's scripts.
+# Idempotent and quick once done; needs root (or sudo) the first time.
+system:
+	sh tests/setup-system-packages.sh
+
+pytest: $(STAMP) system
 	$(BIN)/pytest
 
 test: lint typecheck pytest
