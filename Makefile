@@ -36,10 +36,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # System tools the tests use for real (shellcheck, dash, a udevadm with `verify`, Xen's
-# own config parser): installed or fetched into .cache/ by the project's scripts.
+# own config parser libxlutil from Debian's libxenmisc4.17): installed or fetched into .cache/ by the project's scripts.
 # Idempotent and quick once done; needs root (or sudo) the first time.
 system:
 	sh tests/setup-system-packages.sh
+	sh tests/oracle/fetch-xen-utils.sh >/dev/null
 
 pytest: $(STAMP) system
 	$(BIN)/pytest

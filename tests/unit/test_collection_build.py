@@ -44,7 +44,9 @@ def test_built_collection_ships_the_runtime_and_no_dev_clutter(tmp_path):
     clutter = [
         name
         for name in names
-        if name.startswith((".venv", ".git", ".ci", ".pytest_cache", ".mypy_cache", ".hypothesis"))
+        if name.startswith(
+            (".venv", ".git", ".ci", ".cache", ".pytest_cache", ".mypy_cache", ".hypothesis")
+        )
         or "__pycache__" in name
         or name.startswith("benchmarks/results")
     ]
