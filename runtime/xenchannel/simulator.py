@@ -80,6 +80,8 @@ from typing import (
     TypeVar,
 )
 
+from xenchannel.guest.device import raw_attrs
+
 __all__ = [
     "ChannelStats",
     "SimulatedChannel",
@@ -337,32 +339,6 @@ def _fresh_tty_attrs(current: List[Any]) -> List[Any]:
     for index, value in defaults.items():
         if index < len(cc):
             cc[index] = value
-    attrs[6] = cc
-    return attrs
-
-
-def _raw_tty_attrs(current: List[Any]) -> List[Any]:
-    """cfmakeraw(): no echo, no signals, no CR/LF mapping, no XON/XOFF."""
-    attrs = list(current)
-    attrs[0] = int(attrs[0]) & ~(
-        termios.IGNBRK
-        | termios.BRKINT
-        | termios.PARMRK
-        | termios.ISTRIP
-        | termios.INLCR
-        | termios.IGNCR
-        | termios.ICRNL
-        | termios.IXON
-        | termios.IXOFF
-    )
-    attrs[1] = int(attrs[1]) & ~termios.OPOST
-    attrs[2] = (int(attrs[2]) & ~(termios.CSIZE | termios.PARENB)) | termios.CS8 | termios.CREAD
-    attrs[3] = int(attrs[3]) & ~(
-        termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN
-    )
-    cc = list(attrs[6])
-    cc[termios.VMIN] = 1
-    cc[termios.VTIME] = 0
     attrs[6] = cc
     return attrs
 
@@ -726,7 +702,7 @@ class SimulatedChannel:
         if self._slave < 0:
             return
         current = termios.tcgetattr(self._slave)
-        attrs = _fresh_tty_attrs(current) if self.options.echo else _raw_tty_attrs(current)
+        attrs = _fresh_tty_attrs(current) if self.options.echo else raw_attrs(current)
         termios.tcsetattr(self._slave, termios.TCSANOW, attrs)
 
     # ---------------------------------------------------------------- guest open state

@@ -313,18 +313,12 @@ class GuestClient:
         idle = self.config.idle_timeout
         last_progress = time.monotonic()
         while True:
-            frame = self._recv(min(last_progress + idle, deadline))
+            frame = self._recv_reply(request_id, min(last_progress + idle, deadline))
             if frame is None:
                 got, total = receiver.progress
                 raise ChannelTimeout(
                     f"the bundle transfer stalled for {idle:g} s at {got} of {total} bytes"
                 )
-            if frame.type == MessageType.KNOCK:
-                self._on_knock(frame)
-                continue
-            if frame.request_id != request_id:
-                self.frames_ignored += 1
-                continue
             last_progress = time.monotonic()
             if frame.type == MessageType.BUNDLE_BEGIN:
                 receiver.begin(frame.json())
@@ -341,6 +335,23 @@ class GuestClient:
                 return bundle
             elif frame.type == MessageType.ERROR:
                 self._raise_remote(frame)
+            else:
+                self.frames_ignored += 1
+
+    def _recv_reply(self, request_id: int, deadline: float) -> Optional[Frame]:
+        """The next frame answering ``request_id``, or None at the deadline.
+
+        Frames for other request ids (stale replies) are dropped; a KNOCK is judged by
+        ``_on_knock``, which raises ``_Restart`` if the host restarted.
+        """
+        while True:
+            frame = self._recv(deadline)
+            if frame is None:
+                return None
+            if frame.type == MessageType.KNOCK:
+                self._on_knock(frame)
+            elif frame.request_id == request_id:
+                return frame
             else:
                 self.frames_ignored += 1
 
@@ -386,15 +397,9 @@ class GuestClient:
             deadline = time.monotonic() + config.ack_timeout
             try:
                 while True:
-                    frame = self._recv(deadline)
+                    frame = self._recv_reply(request_id, deadline)
                     if frame is None:
                         break
-                    if frame.type == MessageType.KNOCK:
-                        self._on_knock(frame)
-                        continue
-                    if frame.request_id != request_id:
-                        self.frames_ignored += 1
-                        continue
                     if frame.type == MessageType.STATUS_ACK:
                         return True
                     if frame.type == MessageType.ERROR:

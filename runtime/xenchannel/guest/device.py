@@ -158,10 +158,15 @@ def _lock(fd: int, path: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def make_raw(fd: int) -> None:
-    """Raw mode: 8 bits, no echo, no CR/LF mapping, no flow control, no signals."""
-    attrs = termios.tcgetattr(fd)  # type: List[Any]
-    attrs[0] &= ~(
+def raw_attrs(current: List[Any]) -> List[Any]:
+    """``current`` termios attributes made raw, as cfmakeraw(3) and then some: 8 bits,
+    no echo, no CR/LF mapping, no flow control (software or hardware), no signals.
+
+    The one definition of "raw" in the project: the guest client applies it, and the
+    channel simulator gives it to a tty that is not meant to start cooked.
+    """
+    attrs = list(current)
+    attrs[0] = int(attrs[0]) & ~(
         termios.IGNBRK
         | termios.BRKINT
         | termios.PARMRK
@@ -174,10 +179,10 @@ def make_raw(fd: int) -> None:
         | termios.IXANY
         | termios.INPCK
     )
-    attrs[1] &= ~termios.OPOST
-    attrs[2] &= ~(termios.CSIZE | termios.PARENB | getattr(termios, "CRTSCTS", 0))
+    attrs[1] = int(attrs[1]) & ~termios.OPOST
+    attrs[2] = int(attrs[2]) & ~(termios.CSIZE | termios.PARENB | getattr(termios, "CRTSCTS", 0))
     attrs[2] |= termios.CS8 | termios.CREAD | termios.CLOCAL
-    attrs[3] &= ~(
+    attrs[3] = int(attrs[3]) & ~(
         termios.ECHO
         | termios.ECHOE
         | termios.ECHOK
@@ -186,9 +191,16 @@ def make_raw(fd: int) -> None:
         | termios.ISIG
         | termios.IEXTEN
     )
-    attrs[6][termios.VMIN] = 1
-    attrs[6][termios.VTIME] = 0
-    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    cc = list(attrs[6])
+    cc[termios.VMIN] = 1
+    cc[termios.VTIME] = 0
+    attrs[6] = cc
+    return attrs
+
+
+def make_raw(fd: int) -> None:
+    """Put the tty ``fd`` in raw mode now (TCSANOW: nothing queued is flushed)."""
+    termios.tcsetattr(fd, termios.TCSANOW, raw_attrs(termios.tcgetattr(fd)))
 
 
 class ChannelDevice:
