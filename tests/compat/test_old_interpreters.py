@@ -23,6 +23,13 @@ GUEST_MODULES = (
     "guest/device.py",
     "guest/client.py",
     "guest/cli.py",
+    "guest/agent.py",
+    "guest/apply/__init__.py",
+    "guest/apply/files.py",
+    "guest/apply/hostname.py",
+    "guest/apply/keys.py",
+    "guest/apply/network.py",
+    "guest/apply/script.py",
 )
 
 

@@ -1,0 +1,909 @@
+"""The in-guest agent end to end: channel simulator, live dom0 agent, sandboxed guest.
+
+Every run of ``python -m xenchannel.guest.agent`` is a subprocess inside
+``unshare --mount --uts --net --ipc --pid --fork --kill-child`` with ``--root`` at a
+throwaway root directory and ``--set-live-hostname``: the hostname it sets stays in the
+namespace (the machine's own hostname is checked after every test), and no file of this
+machine is touched.  The channel device (a pty behind a symlink in the stack's temporary
+directory) is reachable inside, since the mount namespace starts as a copy.
+
+A bundle failing its digest never reaches the agent: ``GuestClient`` refetches it
+(tests/integration/test_guest_client.py, test_bad_digest_refetches_from_the_start).
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+
+from tests.stack import Stack, runtime_env
+from xenchannel.dom0.store import write_domain
+from xenchannel.guest.apply import ApplyError
+from xenchannel.guest.apply import hostname as hostname_step
+from xenchannel.guest.apply import keys as keys_step
+from xenchannel.guest.apply import network as network_step
+from xenchannel.protocol import Bundle
+from xenchannel.simulator import SimulatorOptions
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UNIT = os.path.join(REPO, "runtime", "systemd", "xenchannel-guest-agent.service")
+MACHINE_HOSTNAME = socket.gethostname()
+LIVE_BEFORE = "template-live"  # what the sandbox's hostname is before the agent runs
+ALICE = (1000, 1000)
+USER_KEY = "ssh-ed25519 AAAAC3NzaUSERKEY alice@laptop"
+
+TEMPLATE_HOSTS = (
+    "127.0.0.1\tlocalhost\n"
+    "127.0.1.1\ttemplate\n"
+    "192.0.2.200\tbackup.example.com backup\n"
+    "\n"
+    "::1\tlocalhost ip6-localhost ip6-loopback\n"
+)
+
+V2_STATIC = {
+    "version": 2,
+    "ethernets": {
+        "eth0": {
+            "addresses": ["192.0.2.10/24", "2001:db8::10/64"],
+            "gateway4": "192.0.2.1",
+            "gateway6": "2001:db8::1",
+            "nameservers": {"addresses": ["192.0.2.53"], "search": ["example.com"]},
+            "routes": [{"to": "198.51.100.0/24", "via": "192.0.2.254", "metric": 100}],
+            "mtu": 1500,
+        },
+        "mgmt": {"match": {"macaddress": "52:54:00:12:34:56"}, "dhcp4": True, "optional": True},
+    },
+}
+V1_STATIC = {
+    "network": {
+        "version": 1,
+        "config": [
+            {
+                "type": "physical",
+                "name": "eth0",
+                "subnets": [
+                    {
+                        "type": "static",
+                        "address": "192.0.2.20",
+                        "netmask": "255.255.255.0",
+                        "gateway": "192.0.2.1",
+                        "dns_nameservers": ["192.0.2.53"],
+                    },
+                    {"type": "static6", "address": "2001:db8::20/64"},
+                ],
+            },
+            {"type": "physical", "name": "eth1", "subnets": [{"type": "dhcp"}]},
+            {"type": "nameserver", "address": ["192.0.2.54"], "search": ["lab.example.com"]},
+            {"type": "route", "destination": "203.0.113.0/24", "gateway": "192.0.2.254"},
+        ],
+    }
+}
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def stack():
+    s = Stack()
+    s.start_agent()
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def machine_hostname_unchanged():
+    yield
+    assert socket.gethostname() == MACHINE_HOSTNAME
+
+
+def bundle(
+    iid: str,
+    hostname: str = "web1.example.com",
+    keys: Any = None,
+    network: Optional[Dict[str, Any]] = None,
+    user_data: Optional[bytes] = None,
+) -> Bundle:
+    meta: Dict[str, Any] = {"instance-id": iid, "local-hostname": hostname}
+    meta["public-keys"] = (
+        {"ops": ["ssh-ed25519 AAAAC3NzaKEY1 ops@a", "ssh-ed25519 AAAAC3NzaKEY2 ops@b"]}
+        if keys is None
+        else keys
+    )
+    return Bundle(
+        meta_data=meta,
+        user_data=user_data,
+        network_config=V2_STATIC if network is None else network,
+    )
+
+
+def write(path: str, text: str, mode: int = 0o644) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(text)
+    os.chmod(path, mode)
+
+
+def make_root(tmp_path: Any, stack_kind: str = "networkd", alice_keys: bool = True) -> str:
+    """A minimal guest root: passwd, hostname, hosts, homes, one network stack."""
+    root = str(tmp_path / "root")
+    write(
+        f"{root}/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n",
+    )
+    write(f"{root}/etc/hostname", "template\n")
+    write(f"{root}/etc/hosts", TEMPLATE_HOSTS)
+    os.makedirs(f"{root}/root", mode=0o700)
+    os.makedirs(f"{root}/home/alice")
+    os.chown(f"{root}/home/alice", *ALICE)
+    if alice_keys:
+        os.makedirs(f"{root}/home/alice/.ssh", mode=0o755)
+        write(f"{root}/home/alice/.ssh/authorized_keys", USER_KEY + "\n", 0o644)
+        os.chown(f"{root}/home/alice/.ssh", *ALICE)
+        os.chown(f"{root}/home/alice/.ssh/authorized_keys", *ALICE)
+    write(f"{root}/sys/class/net/eth0/address", "52:54:00:00:00:01\n")
+    write(f"{root}/sys/class/net/ens5/address", "52:54:00:12:34:56\n")
+    if stack_kind == "networkd":
+        os.makedirs(f"{root}/etc/systemd/network")
+        wants = f"{root}/etc/systemd/system/multi-user.target.wants"
+        os.makedirs(wants)
+        os.symlink(
+            "/lib/systemd/system/systemd-networkd.service", f"{wants}/systemd-networkd.service"
+        )
+    else:
+        write(
+            f"{root}/etc/network/interfaces",
+            "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n",
+        )
+        os.makedirs(f"{root}/etc/network/interfaces.d")
+        write(f"{root}/sbin/ifup", "#!/bin/sh\nexit 0\n", 0o755)
+    return root
+
+
+def read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+class Run:
+    def __init__(self, returncode: int, log: str, live_hostname: str) -> None:
+        self.returncode = returncode
+        self.log = log
+        self.live_hostname = live_hostname
+
+
+def sandbox(root: str, argv: List[str]) -> List[str]:
+    """``argv`` in fresh namespaces; afterwards the namespace's hostname goes to a file."""
+    script = 'hostname "$1"; shift; "$@"; rc=$?; hostname > "$0"; exit $rc'
+    return [
+        "unshare", "--mount", "--uts", "--net", "--ipc", "--pid", "--fork", "--kill-child",
+        "--", "sh", "-c", script, root + ".live-hostname", LIVE_BEFORE, *argv,
+    ]  # fmt: skip
+
+
+def agent_argv(link: str, root: str, *extra: str, python: Optional[List[str]] = None) -> List[str]:
+    return [
+        *(python or [sys.executable]),
+        "-m",
+        "xenchannel.guest.agent",
+        "--device",
+        link,
+        "--root",
+        root,
+        "--set-live-hostname",
+        "--wait-timeout",
+        "5",
+        "--connect-timeout",
+        "10",
+        *extra,
+    ]
+
+
+def run_agent(
+    stack: Stack,
+    name: str,
+    root: str,
+    *extra: str,
+    python: Optional[List[str]] = None,
+    timeout: float = 30,
+    env: Optional[Dict[str, str]] = None,
+) -> Run:
+    argv = agent_argv(stack.domains[name].link, root, "--once", *extra, python=python)
+    done = subprocess.run(
+        sandbox(root, argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or runtime_env(),
+        check=False,
+    )
+    live = read(root + ".live-hostname").strip() if os.path.exists(root + ".live-hostname") else ""
+    return Run(done.returncode, done.stderr, live)
+
+
+def status_of(stack: Stack, name: str, state: str) -> Dict[str, Any]:
+    found = stack.wait_state(name, lambda s: s.get("status", {}).get("state") == state)
+    status = found["status"]
+    assert isinstance(status, dict)
+    return status
+
+
+def mtimes(root: str) -> Dict[str, int]:
+    """Every file and directory under ``root`` (dot files too) with its mtime."""
+    found = {}
+    for base, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            path = os.path.join(base, entry)
+            found[path] = os.lstat(path).st_mtime_ns
+    return found
+
+
+def wait_status(
+    stack: Stack, name: str, predicate: Callable[[Dict[str, Any]], bool]
+) -> Dict[str, Any]:
+    found = stack.wait_state(name, lambda s: predicate(s.get("status") or {}))
+    status = found["status"]
+    assert isinstance(status, dict)
+    return status
+
+
+def record(root: str) -> Dict[str, Any]:
+    data = json.loads(read(f"{root}/var/lib/xenchannel/applied.json"))
+    assert isinstance(data, dict)
+    return data
+
+
+def mode_owner(path: str) -> Any:
+    st = os.stat(path)
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+NETWORKD_ETH0 = """\
+# Written by the xenchannel guest agent from this instance's network-config.
+# Replaced or removed whenever a new instance is applied: do not edit.
+[Match]
+Name=eth0
+
+[Link]
+MTUBytes=1500
+
+[Network]
+Address=192.0.2.10/24
+Address=2001:db8::10/64
+Gateway=192.0.2.1
+Gateway=2001:db8::1
+DNS=192.0.2.53
+Domains=example.com
+
+[Route]
+Destination=198.51.100.0/24
+Gateway=192.0.2.254
+Metric=100
+"""
+NETWORKD_MGMT = """\
+# Written by the xenchannel guest agent from this instance's network-config.
+# Replaced or removed whenever a new instance is applied: do not edit.
+[Match]
+MACAddress=52:54:00:12:34:56
+
+[Link]
+RequiredForOnline=no
+
+[Network]
+DHCP=ipv4
+"""
+
+
+# ---------------------------------------------------------------- first boot
+
+
+def test_first_boot_applies_everything(stack: Stack, tmp_path: Any) -> None:
+    stack.add_domain("ga-first", bundle("iid-first"))
+    root = make_root(tmp_path)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = str(tmp_path / "notify.sock")
+    notify.bind(notify_path)
+    env = runtime_env()
+    env["NOTIFY_SOCKET"] = notify_path
+    with notify:
+        run = run_agent(stack, "ga-first", root, "--user", "alice", env=env)
+        assert run.returncode == 0, run.log
+        notify.settimeout(1)
+        assert b"READY=1" in notify.recv(4096)
+
+    assert read(f"{root}/etc/hostname") == "web1\n"
+    assert read(f"{root}/etc/hosts") == TEMPLATE_HOSTS.replace(
+        "127.0.1.1\ttemplate", "127.0.1.1\tweb1.example.com web1"
+    )
+    assert run.live_hostname == "web1"
+
+    keys = read(f"{root}/home/alice/.ssh/authorized_keys")
+    assert keys == (
+        f"{USER_KEY}\n{keys_step.BEGIN}\nssh-ed25519 AAAAC3NzaKEY1 ops@a\n"
+        f"ssh-ed25519 AAAAC3NzaKEY2 ops@b\n{keys_step.END}\n"
+    )
+    assert mode_owner(f"{root}/home/alice/.ssh") == (0o700, *ALICE)
+    assert mode_owner(f"{root}/home/alice/.ssh/authorized_keys") == (0o600, *ALICE)
+
+    net = f"{root}/etc/systemd/network"
+    assert sorted(os.listdir(net)) == ["10-xenchannel-eth0.network", "10-xenchannel-mgmt.network"]
+    assert read(f"{net}/10-xenchannel-eth0.network") == NETWORKD_ETH0
+    assert read(f"{net}/10-xenchannel-mgmt.network") == NETWORKD_MGMT
+    assert mode_owner(f"{net}/10-xenchannel-eth0.network") == (0o644, 0, 0)
+
+    rec = record(root)
+    assert rec["instance-id"] == "iid-first"
+    assert rec["sha256"] == bundle("iid-first").digest()
+    assert rec["applied"]["ssh-keys"] == {
+        "user": "alice",
+        "count": 2,
+        "file": "/home/alice/.ssh/authorized_keys",
+    }
+    assert mode_owner(f"{root}/var/lib/xenchannel/applied.json")[0] == 0o600
+    assert mode_owner(f"{root}/var/lib/xenchannel")[0] == 0o700
+
+    status = status_of(stack, "ga-first", "applied")
+    assert status["instance_id"] == "iid-first"
+    assert not status.get("mismatch")
+    # One line per step, and never key material.
+    for line in ("hostname: web1", "ssh-keys: 2 managed key(s)", "network: networkd"):
+        assert line in run.log
+    assert "AAAAC3Nza" not in run.log
+    assert not glob.glob(f"{root}/**/*.xenchannel-new", recursive=True)
+
+
+def test_same_instance_applies_nothing_and_a_new_one_applies_again(
+    stack: Stack, tmp_path: Any
+) -> None:
+    stack.add_domain("ga-boots", bundle("iid-boots-1", keys="ssh-ed25519 AAAAC3NzaOLD old@x"))
+    root = make_root(tmp_path)
+    assert run_agent(stack, "ga-boots", root).returncode == 0
+    status_of(stack, "ga-boots", "applied")
+    before = mtimes(root)
+    applied_at = record(root)["applied-at"]
+
+    time.sleep(0.05)
+    second = run_agent(stack, "ga-boots", root)
+    assert second.returncode == 0, second.log
+    assert "applying nothing" in second.log
+    assert mtimes(root) == before
+    assert second.live_hostname == LIVE_BEFORE  # not even the running hostname was set
+    status = wait_status(stack, "ga-boots", lambda s: s.get("reason") == "already applied")
+    assert status["state"] == "applied"
+    assert stack.state_of("ga-boots")["delivered"]["count"] == 2
+
+    # A new clone: new instance-id, hostname, keys and no network-config.
+    new = Bundle(
+        meta_data={
+            "instance-id": "iid-boots-2",
+            "local-hostname": "web2",
+            "public-keys": ["ssh-ed25519 AAAAC3NzaNEW new@x"],
+        }
+    )
+    write_domain(stack.store, "ga-boots", stack.domains["ga-boots"].socket, new)
+    stack.wait_state("ga-boots", lambda s: s.get("bundle", {}).get("instance_id") == "iid-boots-2")
+    third = run_agent(stack, "ga-boots", root)
+    assert third.returncode == 0, third.log
+    assert read(f"{root}/etc/hostname") == "web2\n"
+    assert "127.0.1.1\tweb2\n" in read(f"{root}/etc/hosts")
+    keys = read(f"{root}/root/.ssh/authorized_keys")
+    assert "AAAAC3NzaNEW" in keys
+    assert "AAAAC3NzaOLD" not in keys
+    # What the agent rendered mirrors the instance: no network-config, no files.
+    assert os.listdir(f"{root}/etc/systemd/network") == []
+    assert record(root)["instance-id"] == "iid-boots-2"
+    assert record(root)["applied-at"] >= applied_at
+    status = wait_status(stack, "ga-boots", lambda s: s.get("instance_id") == "iid-boots-2")
+    assert status["state"] == "applied"
+
+
+IFUPDOWN_V2 = """\
+# Written by the xenchannel guest agent from this instance's network-config.
+# Replaced or removed whenever a new instance is applied: do not edit.
+
+auto eth0
+iface eth0 inet static
+    address 192.0.2.10/24
+    gateway 192.0.2.1
+    pre-up ip link set dev eth0 mtu 1500
+    dns-nameservers 192.0.2.53
+    dns-search example.com
+    up ip -4 route add 198.51.100.0/24 via 192.0.2.254 metric 100 dev eth0
+iface eth0 inet6 static
+    address 2001:db8::10/64
+    gateway 2001:db8::1
+
+allow-hotplug ens5
+iface ens5 inet dhcp
+"""
+IFUPDOWN_V1 = """\
+# Written by the xenchannel guest agent from this instance's network-config.
+# Replaced or removed whenever a new instance is applied: do not edit.
+
+auto eth0
+iface eth0 inet static
+    address 192.0.2.20/24
+    gateway 192.0.2.1
+    dns-nameservers 192.0.2.53 192.0.2.54
+    dns-search lab.example.com
+    up ip -4 route add 203.0.113.0/24 via 192.0.2.254 dev eth0
+iface eth0 inet6 static
+    address 2001:db8::20/64
+
+auto eth1
+iface eth1 inet dhcp
+    dns-nameservers 192.0.2.54
+    dns-search lab.example.com
+"""
+NETWORKD_V1 = {
+    "10-xenchannel-eth0.network": """\
+# Written by the xenchannel guest agent from this instance's network-config.
+# Replaced or removed whenever a new instance is applied: do not edit.
+[Match]
+Name=eth0
+
+[Network]
+Address=192.0.2.20/24
+Address=2001:db8::20/64
+Gateway=192.0.2.1
+DNS=192.0.2.53
+DNS=192.0.2.54
+Domains=lab.example.com
+
+[Route]
+Destination=203.0.113.0/24
+Gateway=192.0.2.254
+""",
+    "10-xenchannel-eth1.network": """\
+# Written by the xenchannel guest agent from this instance's network-config.
+# Replaced or removed whenever a new instance is applied: do not edit.
+[Match]
+Name=eth1
+
+[Network]
+DHCP=ipv4
+DNS=192.0.2.54
+Domains=lab.example.com
+""",
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "expected"),
+    [
+        pytest.param("networkd", V1_STATIC, NETWORKD_V1, id="v1-networkd"),
+        pytest.param("ifupdown", V1_STATIC, {"xenchannel": IFUPDOWN_V1}, id="v1-ifupdown"),
+        pytest.param("ifupdown", V2_STATIC, {"xenchannel": IFUPDOWN_V2}, id="v2-ifupdown-mac"),
+    ],
+)
+def test_network_rendered_for_each_stack(
+    stack: Stack, tmp_path: Any, kind: str, config: Dict[str, Any], expected: Dict[str, str]
+) -> None:
+    name = f"ga-net-{kind}-{len(stack.domains)}"
+    stack.add_domain(name, bundle(f"iid-{name}", network=config))
+    root = make_root(tmp_path, kind)
+    run = run_agent(stack, name, root)
+    assert run.returncode == 0, run.log
+    where = (
+        f"{root}/etc/systemd/network" if kind == "networkd" else f"{root}/etc/network/interfaces.d"
+    )
+    assert {f: read(os.path.join(where, f)) for f in os.listdir(where)} == expected
+    status_of(stack, name, "applied")
+
+
+# ---------------------------------------------------------------- failures and rollback
+
+
+def test_unrenderable_network_config_applies_nothing(stack: Stack, tmp_path: Any) -> None:
+    bond = {
+        "version": 2,
+        "ethernets": {"eth0": {}, "eth1": {}},
+        "bonds": {"bond0": {"interfaces": ["eth0", "eth1"], "addresses": ["192.0.2.9/24"]}},
+    }
+    stack.add_domain("ga-bond", bundle("iid-bond", network=bond))
+    root = make_root(tmp_path)
+    before = mtimes(root)
+    run = run_agent(stack, "ga-bond", root, "--user", "alice")
+    assert run.returncode == 1
+    assert mtimes(root) == before
+    assert read(f"{root}/etc/hostname") == "template\n"
+    assert read(f"{root}/home/alice/.ssh/authorized_keys") == USER_KEY + "\n"
+    assert run.live_hostname == LIVE_BEFORE
+    assert not os.path.exists(f"{root}/var/lib/xenchannel/applied.json")
+    status = status_of(stack, "ga-bond", "failed")
+    assert "bonds (bond0)" in status["reason"]
+    assert status["reason"].endswith("nothing was changed")
+    assert status["instance_id"] == "iid-bond"
+
+
+def test_a_step_failing_while_writing_rolls_back_the_earlier_steps(
+    stack: Stack, tmp_path: Any
+) -> None:
+    stack.add_domain("ga-rollback", bundle("iid-rollback", network=V1_STATIC))
+    root = make_root(tmp_path, "ifupdown", alice_keys=False)
+    # The network step can plan, but its directory cannot take files: it fails only
+    # after hostname and ssh-keys were written.
+    os.rmdir(f"{root}/etc/network/interfaces.d")
+    write(f"{root}/etc/network/interfaces.d", "not a directory\n")
+    old_hosts = read(f"{root}/etc/hosts")
+    run = run_agent(stack, "ga-rollback", root, "--user", "alice")
+    assert run.returncode == 1, run.log
+    assert "hostname: web1" in run.log  # it was applied, then rolled back
+    assert read(f"{root}/etc/hostname") == "template\n"
+    assert read(f"{root}/etc/hosts") == old_hosts
+    assert not os.path.exists(f"{root}/home/alice/.ssh")  # created, then removed again
+    assert run.live_hostname == LIVE_BEFORE
+    assert not os.path.exists(f"{root}/var/lib/xenchannel/applied.json")
+    reason = status_of(stack, "ga-rollback", "failed")["reason"]
+    assert "/etc/network/interfaces.d" in reason
+    assert "hostname, ssh-keys rolled back" in reason
+
+
+def test_device_never_appearing_is_a_clear_bounded_failure(tmp_path: Any) -> None:
+    root = make_root(tmp_path)
+    device = str(tmp_path / "dev" / "xen-channel" / "org.xenchannel.provision.0")
+    start = time.monotonic()
+    done = subprocess.run(
+        sandbox(root, agent_argv(device, root, "--once", "--wait-timeout", "1")),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=runtime_env(),
+        check=False,
+    )
+    assert time.monotonic() - start < 10
+    assert done.returncode == 1
+    assert f"{device} did not appear within 1 s" in done.stderr
+    assert read(f"{root}/etc/hostname") == "template\n"
+
+
+# ---------------------------------------------------------------- the channel
+
+
+def test_garbage_and_echo_on_the_channel(stack: Stack, tmp_path: Any) -> None:
+    options = SimulatorOptions(
+        rate=None, echo=True, garbage="both", garbage_interval=0.005, garbage_seed=11
+    )
+    stack.add_domain("ga-noisy", bundle("iid-noisy"), options=options)
+    root = make_root(tmp_path)
+    run = run_agent(stack, "ga-noisy", root)
+    assert run.returncode == 0, run.log
+    assert record(root)["sha256"] == bundle("iid-noisy").digest()
+    assert read(f"{root}/etc/systemd/network/10-xenchannel-eth0.network") == NETWORKD_ETH0
+    status_of(stack, "ga-noisy", "applied")
+
+
+def test_device_appearing_late(stack: Stack, tmp_path: Any) -> None:
+    stack.add_domain("ga-late", bundle("iid-late"), start_channel=False)
+    root = make_root(tmp_path)
+    argv = agent_argv(stack.domains["ga-late"].link, root, "--once")
+    with subprocess.Popen(
+        sandbox(root, argv), stderr=subprocess.PIPE, text=True, env=runtime_env()
+    ) as agent:
+        time.sleep(1.0)
+        assert agent.poll() is None  # still waiting for the device
+        stack.start_channel("ga-late")
+        _, log = agent.communicate(timeout=30)
+    assert agent.returncode == 0, log
+    assert read(f"{root}/etc/hostname") == "web1\n"
+    assert status_of(stack, "ga-late", "applied")["instance_id"] == "iid-late"
+
+
+def test_user_script_runs_once_per_instance(stack: Stack, tmp_path: Any) -> None:
+    script = (
+        b'#!/bin/sh\necho "run $XENCHANNEL_INSTANCE_ID" >> "$XENCHANNEL_ROOT/script-runs"\n'
+        b"echo some output\n"
+    )
+    stack.add_domain("ga-script", bundle("iid-script-1", user_data=script))
+    root = make_root(tmp_path)
+    for _ in range(2):
+        run = run_agent(stack, "ga-script", root)
+        assert run.returncode == 0, run.log
+    assert read(f"{root}/script-runs") == "run iid-script-1\n"
+    log = f"{root}/var/lib/xenchannel/user-data-script.log"
+    assert read(log) == "some output\n"
+    assert mode_owner(log)[0] == 0o600
+    assert record(root)["applied"]["user-script"]["exit-status"] == 0
+    assert "some output" not in run.log and "XENCHANNEL" not in run.log
+
+    failing = b'#!/bin/sh\necho run >> "$XENCHANNEL_ROOT/script-runs"\nexit 3\n'
+    write_domain(
+        stack.store,
+        "ga-script",
+        stack.domains["ga-script"].socket,
+        bundle("iid-script-2", user_data=failing),
+    )
+    stack.wait_state(
+        "ga-script", lambda s: s.get("bundle", {}).get("instance_id") == "iid-script-2"
+    )
+    run = run_agent(stack, "ga-script", root)
+    assert run.returncode == 1
+    assert read(f"{root}/script-runs") == "run iid-script-1\nrun\n"
+    assert "exited with status 3" in status_of(stack, "ga-script", "failed")["reason"]
+    # Once per instance even when it failed: the next boot does not run it again.
+    assert run_agent(stack, "ga-script", root).returncode == 1
+    assert read(f"{root}/script-runs") == "run iid-script-1\nrun\n"
+
+
+# ---------------------------------------------------------------- queries
+
+
+def query(stack: Stack, name: str, what: str) -> Dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        done = subprocess.run(
+            [sys.executable, "-m", "xenchannel.dom0", "query", name, "--what", what,
+             "--timeout", "5", "--control-socket", stack.control],
+            capture_output=True, text=True, timeout=30, env=runtime_env(), check=False,
+        )  # fmt: skip
+        if done.returncode == 0:
+            reply = json.loads(done.stdout)
+            assert isinstance(reply, dict)
+            return reply
+        if time.monotonic() > deadline:
+            raise AssertionError(f"query never answered: {done.stderr}")
+        time.sleep(0.3)
+
+
+class Serving:
+    """The agent answering queries for up to 60 s, its log in a file."""
+
+    def __init__(self, stack: Stack, name: str, root: str) -> None:
+        # The agent is PID 1 of its namespace, with no shell around it, so that a
+        # SIGTERM sent to it reaches its handler.
+        argv = agent_argv(stack.domains[name].link, root, "--serve", "60")
+        self.log_path = root + ".agent.log"
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                ["unshare", "--mount", "--uts", "--net", "--ipc", "--pid", "--fork",
+                 "--kill-child", "--", *argv],
+                stderr=log, env=runtime_env(),
+            )  # fmt: skip
+
+    def log(self) -> str:
+        return read(self.log_path)
+
+    def wait_log(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            assert self.process.poll() is None, self.log()
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
+    def stop(self) -> str:
+        """SIGTERM to the agent itself (unshare's child): it must exit 0 at once."""
+        if self.process.poll() is None:
+            pid = self.process.pid
+            children = read(f"/proc/{pid}/task/{pid}/children").split()
+            assert children, "unshare has no child"
+            os.kill(int(children[0]), signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        assert self.process.returncode == 0, self.log()
+        return self.log()
+
+
+def test_query_answered_while_serving(stack: Stack, tmp_path: Any) -> None:
+    stack.add_domain("ga-query", bundle("iid-query"))
+    root = make_root(tmp_path)
+    agent = Serving(stack, "ga-query", root)
+    try:
+        agent.wait_log("queries: answering")
+        reply = query(stack, "ga-query", "version,instance-id,uptime,hostname,applied-at,bogus")
+    finally:
+        log = agent.stop()
+    status_of(stack, "ga-query", "applied")
+    assert reply["version"] == "0.1.0"
+    assert reply["instance-id"] == "iid-query"
+    assert isinstance(reply["uptime"], float) and reply["uptime"] > 0
+    assert reply["hostname"] == "web1"  # the sandbox's live hostname
+    assert reply["applied-at"] == record(root)["applied-at"]
+    assert reply["bogus"] is None
+    assert "queries: answered 1" in log
+
+
+def test_beside_cloud_init_applies_nothing_and_serves_queries(stack: Stack, tmp_path: Any) -> None:
+    stack.add_domain("ga-cloud", bundle("iid-cloud"))
+    root = make_root(tmp_path)
+    write(
+        f"{root}/usr/bin/cloud-init",
+        '#!/bin/sh\necho \'{"status": "done", "errors": []}\'\n',
+        0o755,
+    )
+    write(f"{root}/run/cloud-init/result.json", "{}\n")
+    write(f"{root}/var/lib/cloud/data/instance-id", "iid-cloud\n")
+    before = mtimes(root)
+    agent = Serving(stack, "ga-cloud", root)
+    try:
+        agent.wait_log("queries: answering")
+        reply = query(stack, "ga-cloud", "cloud-init,instance-id,version")
+    finally:
+        log = agent.stop()
+    assert reply["cloud-init"] == {"status": "done", "errors": []}
+    assert reply["instance-id"] == "iid-cloud"
+    assert "cloud-init is installed and enabled" in log
+    assert mtimes(root) == before
+    state = stack.state_of("ga-cloud")
+    assert "delivered" not in state and "status" not in state
+
+    # Disabled the way cloud-init's generator honours: the agent applies again.
+    write(f"{root}/etc/cloud/cloud-init.disabled", "")
+    run = run_agent(stack, "ga-cloud", root)
+    assert run.returncode == 0, run.log
+    assert read(f"{root}/etc/hostname") == "web1\n"
+
+
+# ---------------------------------------------------------------- deployment shapes
+
+
+def test_hardened_mount_layout_of_the_unit(stack: Stack, tmp_path: Any) -> None:
+    """The unit's ProtectSystem=strict + ReadWritePaths= layout, rebuilt with bind mounts:
+    /etc read-only, /etc/hostname and /etc/hosts writable as single files (so they are
+    rewritten in place), the network directory, /home and the state directory writable."""
+    stack.add_domain("ga-hardened", bundle("iid-hardened"))
+    root = make_root(tmp_path)
+    os.makedirs(f"{root}/var/lib/xenchannel", mode=0o700)
+    argv = agent_argv(stack.domains["ga-hardened"].link, root, "--once", "--user", "alice", "-v")
+    # A bind mount copies its source's read-only flag: bind the writable paths first,
+    # then make the root's own bind mount read-only.
+    mounts = [f"mount --bind {root} {root}"]
+    for path in ("etc/hostname", "etc/hosts", "etc/systemd/network", "home", "var/lib/xenchannel"):
+        mounts.append(f"mount --bind {root}/{path} {root}/{path}")
+    mounts.append(f"mount -o remount,bind,ro {root}")
+    mounts.append(f"! touch {root}/etc/probe 2>/dev/null")  # /etc really is read-only
+    command = sandbox(root, ["sh", "-c", " && ".join(mounts) + ' && exec "$@"', "sh", *argv])
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=30, env=runtime_env(), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert read(f"{root}/etc/hostname") == "web1\n"
+    assert "127.0.1.1\tweb1.example.com web1\n" in read(f"{root}/etc/hosts")
+    assert read(f"{root}/etc/systemd/network/10-xenchannel-eth0.network") == NETWORKD_ETH0
+    assert "AAAAC3NzaKEY1" in read(f"{root}/home/alice/.ssh/authorized_keys")
+    assert "etc/hostname: its directory takes no new files; rewriting it in place" in done.stderr
+    assert not glob.glob(f"{root}/etc/.*.xenchannel-new")
+    status_of(stack, "ga-hardened", "applied")
+
+
+def _pyenv_python(version: str) -> str:
+    try:
+        base = subprocess.run(
+            ["pyenv", "root"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        base = os.path.expanduser("~/.pyenv")
+    found = sorted(
+        glob.glob(os.path.join(base, "versions", version + ".*", "bin", "python" + version))
+    )
+    if not found:
+        pytest.fail(f"python{version} is not installed under pyenv ({base}); install it")
+    return found[-1]
+
+
+@pytest.mark.parametrize("version", ["3.6", "3.13"])
+def test_first_boot_on_old_and_new_interpreters(stack: Stack, tmp_path: Any, version: str) -> None:
+    python = _pyenv_python(version)
+    name = "ga-py" + version.replace(".", "")
+    stack.add_domain(name, bundle(f"iid-{name}", network=V1_STATIC))
+    root = make_root(tmp_path, "ifupdown")
+    # -S: only the standard library, as on a minimal guest.
+    run = run_agent(stack, name, root, "--user", "alice", python=[python, "-S"])
+    assert run.returncode == 0, run.log
+    assert run.live_hostname == "web1"
+    assert read(f"{root}/etc/network/interfaces.d/xenchannel") == IFUPDOWN_V1
+    assert mode_owner(f"{root}/home/alice/.ssh/authorized_keys") == (0o600, *ALICE)
+    assert status_of(stack, name, "applied")["instance_id"] == f"iid-{name}"
+
+
+def test_unit_file_verifies_and_is_hardened() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
+    verify = subprocess.run(
+        [analyze, "verify", UNIT], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert "xenchannel-guest-agent" not in verify.stderr, verify.stderr
+    security = subprocess.run(
+        [analyze, "security", "--offline=yes", UNIT],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    overall = [line for line in security.stdout.splitlines() if "Overall exposure" in line]
+    assert overall, security.stdout + security.stderr
+    print(overall[0])
+    exposure = float(overall[0].split(":")[1].split()[0])
+    assert exposure < 3.0, security.stdout
+
+
+# ---------------------------------------------------------------- the appliers directly
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"version": 2, "bridges": {"br0": {}}}, "bridges (br0)"),
+        ({"version": 2, "vlans": {"v10": {"id": 10, "link": "eth0"}}}, "vlans (v10)"),
+        ({"version": 2, "ethernets": {"e": {"match": {"macaddress": "52:54:00:00:00:09"},
+                                            "set-name": "lan"}}}, "'set-name'"),
+        ({"version": 2, "ethernets": {"eth0": {"addresses": ["192.0.2.1/24\nDNS=6.6.6.6"]}}},
+         "invalid address"),
+        ({"version": 2, "ethernets": {"eth0": {"nameservers": {"search": ["a.com\n[Route]"]}}}},
+         "invalid search domain"),
+        ({"version": 2, "ethernets": {"eth0\n": {"dhcp4": True}}}, "cannot name a file"),
+        ({"version": 1, "config": [{"type": "bond", "name": "bond0"}]}, "is a bond"),
+        ({"version": 1, "config": [{"type": "physical", "name": "eth0",
+                                    "subnets": [{"type": "manual"}]}]}, "'manual'"),
+        ({"version": 1, "config": [{"type": "route", "destination": "10.0.0.0/8",
+                                    "gateway": "10.9.9.9"}]}, "no interface has an address"),
+    ],
+)  # fmt: skip
+def test_unsupported_network_constructs_fail_clearly(config: Dict[str, Any], message: str) -> None:
+    with pytest.raises(ApplyError, match="network: ") as info:
+        network_step.parse(config)
+    assert message in str(info.value)
+
+
+def test_ifupdown_refusals(tmp_path: Any) -> None:
+    root = make_root(tmp_path, "ifupdown")
+    both = {"version": 2, "ethernets": {"eth0": {"dhcp4": True, "addresses": ["192.0.2.5/24"]}}}
+    with pytest.raises(ApplyError, match="combines DHCP and static IPv4"):
+        network_step.plan(root, both)
+    glob_name = {"version": 2, "ethernets": {"lan": {"match": {"name": "en*"}, "dhcp4": True}}}
+    with pytest.raises(ApplyError, match="ifupdown needs one interface name"):
+        network_step.plan(root, glob_name)
+    write(f"{root}/etc/network/interfaces.d/setup", "allow-hotplug eth0\niface eth0 inet dhcp\n")
+    with pytest.raises(ApplyError, match=r"interfaces\.d/setup already configures eth0"):
+        network_step.plan(root, {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}})
+    os.unlink(f"{root}/etc/network/interfaces.d/setup")
+    write(f"{root}/etc/network/interfaces", "auto lo\niface lo inet loopback\n")
+    with pytest.raises(ApplyError, match=r"add the line 'source /etc/network/interfaces\.d/"):
+        network_step.plan(root, {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}})
+    write(f"{root}/etc/netplan/50-cloud.yaml", "network: {}\n")
+    with pytest.raises(ApplyError, match="netplan"):
+        network_step.plan(root, {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}})
+
+
+def test_public_keys_in_every_form() -> None:
+    assert keys_step.collect_keys("ssh-rsa A x\n\n# note\nssh-ed25519 B y\n") == [
+        "ssh-rsa A x",
+        "ssh-ed25519 B y",
+    ]
+    assert keys_step.collect_keys(["k1", "k2", "k1"]) == ["k1", "k2"]
+    assert keys_step.collect_keys({"a": "k1", "b": ["k2", "k3"]}) == ["k1", "k2", "k3"]
+    assert keys_step.collect_keys(None) == []
+    with pytest.raises(ApplyError, match="control characters"):
+        keys_step.collect_keys(["ssh-rsa A\x1b[2Jx"])
+    # The user's own keys are kept around the managed block, in place.
+    old = f"mine-1\n{keys_step.BEGIN}\nold\n{keys_step.END}\nmine-2\n"
+    assert keys_step.replace_block(old, ["new"]) == (
+        f"mine-1\n{keys_step.BEGIN}\nnew\n{keys_step.END}\nmine-2\n"
+    )
+    assert keys_step.replace_block(old, []) == "mine-1\nmine-2\n"
+    with pytest.raises(ApplyError, match="broken xenchannel markers"):
+        keys_step.replace_block(f"{keys_step.BEGIN}\nold\n", ["new"])
+
+
+def test_hosts_file_keeps_every_other_line() -> None:
+    assert hostname_step.render_hosts(TEMPLATE_HOSTS, "db") == TEMPLATE_HOSTS.replace(
+        "127.0.1.1\ttemplate", "127.0.1.1\tdb"
+    )
+    no_line = "127.0.0.1 localhost\n::1 localhost\n"
+    assert hostname_step.render_hosts(no_line, "db.lan") == (
+        "127.0.0.1 localhost\n127.0.1.1\tdb.lan db\n::1 localhost\n"
+    )
+    assert "127.0.1.1\tdb\n" in hostname_step.render_hosts(None, "db")
