@@ -207,7 +207,7 @@ def test_add_links_the_name_to_the_hvc(guest: Guest) -> None:
     assert os.readlink(link) == "../hvc1"
     assert os.path.realpath(link) == str(guest.dev / "hvc1")
     assert guest.channel_entries() == [NAME]  # no temporary name left behind
-    assert oct(guest.links.stat().st_mode & 0o7777) == oct(0o755)
+    assert oct(guest.links.stat().st_mode & 0o7777) == oct(0o700)  # root-only
     assert guest.xenstore_calls() == ["device/console/1/name"]
     assert "xenchannel-console-setup" in guest.log()
     assert "linked" in guest.log()
