@@ -14,6 +14,7 @@ A bundle failing its digest never reaches the agent: ``GuestClient`` refetches i
 import glob
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -659,10 +660,10 @@ def query(stack: Stack, name: str, what: str) -> Dict[str, Any]:
 class Serving:
     """The agent answering queries for up to 60 s, its log in a file."""
 
-    def __init__(self, stack: Stack, name: str, root: str) -> None:
+    def __init__(self, stack: Stack, name: str, root: str, *extra: str) -> None:
         # The agent is PID 1 of its namespace, with no shell around it, so that a
         # SIGTERM sent to it reaches its handler.
-        argv = agent_argv(stack.domains[name].link, root, "--serve", "60")
+        argv = agent_argv(stack.domains[name].link, root, "--serve", "60", *extra)
         self.log_path = root + ".agent.log"
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
@@ -680,6 +681,15 @@ class Serving:
             assert self.process.poll() is None, self.log()
             assert time.monotonic() < deadline, self.log()
             time.sleep(0.05)
+
+    def agent_uid(self) -> int:
+        """The real uid of the agent process (unshare's child), from /proc."""
+        pid = self.process.pid
+        child = read(f"/proc/{pid}/task/{pid}/children").split()[0]
+        for line in read(f"/proc/{child}/status").splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+        raise AssertionError("no Uid line")
 
     def stop(self) -> str:
         """SIGTERM to the agent itself (unshare's child): it must exit 0 at once."""
@@ -701,9 +711,11 @@ class Serving:
 def test_query_answered_while_serving(stack: Stack, tmp_path: Any) -> None:
     stack.add_domain("ga-query", bundle("iid-query"))
     root = make_root(tmp_path)
-    agent = Serving(stack, "ga-query", root)
+    agent = Serving(stack, "ga-query", root, "--serve-user", "nobody")
     try:
         agent.wait_log("queries: answering")
+        # Applying needed root; answering queries for the guest's lifetime does not.
+        assert agent.agent_uid() == pwd.getpwnam("nobody").pw_uid
         reply = query(stack, "ga-query", "version,instance-id,uptime,hostname,applied-at,bogus")
     finally:
         log = agent.stop()

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -429,6 +430,11 @@ class Agent:
         duration = self.args.serve
         if duration == 0:
             return code
+        try:
+            self._drop_privileges()
+        except (KeyError, OSError) as exc:
+            LOG.error("queries: cannot switch to user %r: %s", self.args.serve_user, exc)
+            return 1
         LOG.info(
             "queries: answering %s",
             "until stopped" if duration is None else f"for {duration:g} s",
@@ -444,6 +450,22 @@ class Agent:
         # Stopped by systemd: the outcome was reported and logged already, and a unit
         # that was merely stopped should not show as failed.
         return 0 if self.stopper.requested else code
+
+    def _drop_privileges(self) -> None:
+        """Give up root for the long-running part.
+
+        Answering queries needs only the device, which is open already, and what is in
+        memory; so the process that stays up for the guest's lifetime, reading what dom0
+        sends, holds no privilege at all.  Applying (hostname, keys, network) is done.
+        """
+        user = self.args.serve_user
+        if not user or os.geteuid() != 0:
+            return
+        entry = pwd.getpwnam(user)
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+        LOG.info("queries: running as %s (uid %d) from now on", user, entry.pw_uid)
 
     def answer(self, keys: List[str]) -> Dict[str, Any]:
         """The QUERY handler: known keys answered, unknown ones null."""
@@ -547,6 +569,13 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="beside cloud-init: wait this long for it to finish before taking the device (900)",
     )
+    parser.add_argument(
+        "--serve-user",
+        default=None,
+        metavar="USER",
+        help="answer queries as this user, giving up root once the bundle is applied "
+        "(default: nobody with --root /, else stay; '' to stay root)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines too")
     return parser
 
@@ -556,6 +585,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.once:
         args.serve = 0.0
+    if args.serve_user is None:
+        # Tests use another --root inside a sandbox whose files nobody cannot read.
+        args.serve_user = "nobody" if os.path.realpath(args.root) == "/" else ""
     if not os.path.isdir(args.root):
         parser.error(f"--root {args.root} is not a directory")
     if not args.state_dir.startswith("/"):
