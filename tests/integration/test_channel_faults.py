@@ -395,3 +395,27 @@ def test_no_secret_reaches_any_log_or_a_world_readable_file(stack: Stack, caplog
     for where, text in texts.items():
         for marker in ("user-SECRET", "vendor-SECRET", "meta-SECRET"):
             assert marker not in text, f"{marker} leaked into {where}"
+
+
+def test_guest_cli_fetch_writes_private_seed_files(stack: Stack) -> None:
+    """`python -m xenchannel.guest fetch --output DIR`: NoCloud-style files, 0600."""
+    bundle = sample_bundle("vm1", user_data=b"#cloud-config\npassword: cli-SECRET\n")
+    stack.add_domain("vm1", bundle)
+    stack.start_agent()
+    seed = os.path.join(stack.root, "seed")
+    out = subprocess.run(
+        [sys.executable, "-m", "xenchannel.guest", "--device", stack.domains["vm1"].link,
+         "--connect-timeout", "10", "fetch", "--output", seed],
+        capture_output=True, text=True, timeout=60, env=runtime_env(), check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["sha256"] == bundle.digest()
+    assert "cli-SECRET" not in out.stdout  # shown as size and digest without --show-user-data
+    assert sorted(os.listdir(seed)) == ["meta-data", "network-config", "user-data"]
+    for name in os.listdir(seed):
+        assert os.stat(os.path.join(seed, name)).st_mode & 0o777 == 0o600
+    with open(os.path.join(seed, "user-data"), "rb") as handle:
+        assert handle.read() == bundle.user_data
+    with open(os.path.join(seed, "meta-data")) as handle:
+        assert json.load(handle)["instance-id"] == "iid-vm1"

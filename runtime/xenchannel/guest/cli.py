@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 from xenchannel import __version__
 from xenchannel.protocol import STATUS_STATES, Bundle, ChannelError
 
+from .apply.files import write_file
 from .client import ClientConfig, GuestClient
 
 DEFAULT_DEVICE = "/dev/xen-channel/org.xenchannel.provision.0"
@@ -67,14 +68,8 @@ def _write_seed(bundle: Bundle, directory: str) -> None:
         ),
     }
     for name, data in parts.items():
-        if data is None:
-            continue
-        path = os.path.join(directory, name)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        if data is not None:
+            write_file(os.path.join(directory, name), data, 0o600, os.getuid(), os.getgid())
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
