@@ -1,0 +1,287 @@
+#!/usr/bin/python
+# Copyright (c) xenchannel contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Ansible modules import after DOCUMENTATION, EXAMPLES and RETURN.
+# ruff: noqa: E402
+
+DOCUMENTATION = r"""
+---
+module: channel_status
+short_description: Read, or wait for, a domain's delivery status from the dom0 agent
+version_added: 0.1.0
+author:
+  - xenchannel contributors
+description:
+  - Reads the record the xenchannel dom0 agent keeps for a domain,
+    C(<state_dir>/<domain>.json), and returns it with the summary C(xenchannel-dom0 status)
+    prints.
+  - With O(wait_for), polls until the domain's channel is connected, the store's current
+    bundle has been delivered, or the guest reported it applied, within O(timeout)
+    seconds.
+  - Never changes anything. Works while the agent is down (it reads the agent's files).
+  - Runs on dom0 and needs the C(xenchannel) runtime package there, which the
+    C(xenchannel.provision.dom0_agent) role installs.
+requirements:
+  - the C(xenchannel) runtime package on the managed host (installed by the
+    C(xenchannel.provision.dom0_agent) role)
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads; it behaves the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is no diff.
+  idempotent:
+    support: full
+    description: Never reports a change.
+options:
+  domain:
+    description: The domain's name, as the store and the agent know it.
+    type: str
+    required: true
+  state_dir:
+    description: The agent's state directory (its C(state_dir) setting).
+    type: path
+    default: /var/lib/xenchannel/state
+  store_dir:
+    description:
+      - The agent's store directory (its C(store_dir) setting).
+      - Read to learn the bundle the store holds now, so that O(wait_for=delivered) does
+        not accept a delivery of an older bundle the agent has not yet noticed changed.
+    type: path
+    default: /etc/xenchannel/domains
+  socket_root:
+    description: The agent's socket root (its C(socket_root) setting).
+    type: path
+    default: /run/xenchannel
+  wait_for:
+    description:
+      - V(none) reads once.
+      - V(connected) waits until the agent is connected to the domain's channel socket.
+      - V(delivered) waits until the guest acknowledged the bundle the store holds now.
+      - V(applied) waits until, after that, the guest reported it applied the bundle; a
+        V(failed) report for the current instance-id fails at once, with its reason.
+    type: str
+    choices: [none, connected, delivered, applied]
+    default: none
+  timeout:
+    description:
+      - Seconds to wait for O(wait_for) before failing, with the last error the agent
+        recorded.
+    type: float
+    default: 300
+  poll_interval:
+    description: Seconds between two reads of the state while waiting.
+    type: float
+    default: 1
+  runtime_path:
+    description:
+      - A directory to put first on the Python path before importing the C(xenchannel)
+        runtime, for hosts where it is installed outside the system Python's path.
+    type: path
+seealso:
+  - module: xenchannel.provision.channel_metadata
+"""
+
+EXAMPLES = r"""
+- name: Show what the agent knows about web1
+  xenchannel.provision.channel_status:
+    domain: web1
+  register: web1_status
+
+- name: Wait until web1 has its (new) bundle
+  xenchannel.provision.channel_status:
+    domain: web1
+    wait_for: delivered
+    timeout: 120
+
+- name: Wait until the in-guest agent applied it
+  xenchannel.provision.channel_status:
+    domain: web1
+    wait_for: applied
+    timeout: 600
+    poll_interval: 2
+"""
+
+RETURN = r"""
+record:
+  description:
+    - The agent's state record for the domain (see docs/dom0-agent.md); nested records
+      that never happened are absent. Empty when the agent has recorded nothing yet.
+  returned: always
+  type: dict
+  sample:
+    domain: web1
+    active: true
+    connected: true
+    bundle: {sha256: 3f1c..., instance_id: i-web1, size: 1234}
+    delivered: {at: "2024-05-01T12:00:00.123Z", sha256: 3f1c..., instance_id: i-web1, count: 1}
+summary:
+  description:
+    - What C(xenchannel-dom0 status) shows for the domain. C(delivered) is V(yes) only if
+      the guest acknowledged the bundle the agent holds now, V(stale) for an older one.
+  returned: always
+  type: dict
+  sample:
+    domain: web1
+    connected: "yes"
+    handshake: v1
+    delivered: "yes"
+    status: applied
+    instance_id: i-web1
+    last_error: "-"
+store_sha256:
+  description:
+    - SHA-256 of the bundle in the store now; V(null) if the domain has no usable store
+      entry.
+  returned: always
+  type: str
+reached:
+  description: Whether the domain is at O(wait_for) (always V(true) for V(none)).
+  returned: always
+  type: bool
+waited:
+  description: Seconds spent waiting.
+  returned: always
+  type: float
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.xenchannel.provision.plugins.module_utils._runtime import (
+    RUNTIME_ARGUMENT_SPEC,
+    import_runtime,
+)
+
+WAIT_WORDS = {"connected": "connected", "delivered": "delivered", "applied": "applied"}
+
+
+class ChannelStatus:
+    """Reads one domain's state record and judges it against ``wait_for``."""
+
+    def __init__(self, module, runtime):
+        self.module = module
+        self.rt = runtime
+        params = module.params
+        self.domain = params["domain"]
+        self.wait_for = params["wait_for"]
+
+    def read(self):
+        """(record, summary, store entry or None) as they are now."""
+        state, store = self.rt.state, self.rt.store
+        params = self.module.params
+        try:
+            record = state.load_state(params["state_dir"], self.domain)
+        except OSError as exc:
+            self.module.fail_json(msg=f"cannot read the state of {self.domain}: {exc}")
+        if record is None:
+            record = state.new_state(self.domain)
+        try:
+            entry = store.load_domain(params["store_dir"], self.domain, params["socket_root"])
+        except store.StoreError:
+            entry = None
+        return record, state.summarise(record), entry
+
+    def check(self, record, summary, entry):
+        """(reached, failure sentence or None) for ``wait_for``."""
+        if self.wait_for == "none":
+            return True, None
+        if self.wait_for == "connected":
+            return summary["connected"] == "yes", None
+        bundle = record.get("bundle") or {}
+        # summarise() decides "delivered" against the bundle the agent recorded; the agent
+        # notices a changed store within a second, so also insist it holds the store's.
+        current = entry is not None and bundle.get("sha256") == entry.digest
+        delivered = current and summary["delivered"] == "yes"
+        if self.wait_for == "delivered":
+            return delivered, None
+        status = record.get("status") or {}
+        # A report about this delivery, not an earlier one: it came after the ack.
+        fresh = (
+            delivered
+            and status.get("instance_id") == entry.instance_id
+            and not status.get("mismatch")
+            and str(status.get("at") or "") >= str((record.get("delivered") or {}).get("at"))
+        )
+        if fresh and status.get("state") == "failed":
+            reason = status.get("reason") or "no reason given"
+            return False, (
+                f"the guest {self.domain} reported that applying instance-id "
+                f"{entry.instance_id} failed: {reason}; fix the bundle or the guest and "
+                "reboot it (or restart its agent)"
+            )
+        return fresh and status.get("state") == "applied", None
+
+    def run(self):
+        params = self.module.params
+        timeout, interval = params["timeout"], params["poll_interval"]
+        if timeout < 0:
+            self.module.fail_json(msg="timeout must be 0 or more seconds")
+        if interval <= 0:
+            self.module.fail_json(msg="poll_interval must be more than 0 seconds")
+        try:
+            self.rt.store.check_domain_name(self.domain)
+        except self.rt.store.StoreError as exc:
+            self.module.fail_json(msg=str(exc))
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            record, summary, entry = self.read()
+            reached, failure = self.check(record, summary, entry)
+            result = {
+                "changed": False,
+                "record": self.rt.state.public_record(record),
+                "summary": summary,
+                "store_sha256": entry.digest if entry is not None else None,
+                "reached": reached,
+                "waited": round(time.monotonic() - start, 3),
+            }
+            if failure is not None:
+                self.module.fail_json(msg=failure, **result)
+            if reached:
+                return result
+            now = time.monotonic()
+            if now >= deadline:
+                self.module.fail_json(msg=self.timeout_message(summary, entry), **result)
+            time.sleep(min(interval, deadline - now))
+
+    def timeout_message(self, summary, entry):
+        params = self.module.params
+        last = summary["last_error"]
+        message = (
+            f"timed out after {params['timeout']:g} s waiting for {self.domain} to be "
+            f"{WAIT_WORDS[self.wait_for]}; last error from the agent: "
+            f"{last if last != '-' else 'none recorded'}"
+        )
+        if entry is None and self.wait_for in ("delivered", "applied"):
+            message += (
+                f"; {self.domain} has no usable entry in {params['store_dir']} - write it "
+                "with xenchannel.provision.channel_metadata"
+            )
+        return message
+
+
+def main():
+    argument_spec = {
+        "domain": {"type": "str", "required": True},
+        "state_dir": {"type": "path", "default": "/var/lib/xenchannel/state"},
+        "store_dir": {"type": "path", "default": "/etc/xenchannel/domains"},
+        "socket_root": {"type": "path", "default": "/run/xenchannel"},
+        "wait_for": {
+            "type": "str",
+            "default": "none",
+            "choices": ["none", "connected", "delivered", "applied"],
+        },
+        "timeout": {"type": "float", "default": 300},
+        "poll_interval": {"type": "float", "default": 1},
+    }
+    argument_spec.update(RUNTIME_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    runtime = import_runtime(module)
+    module.exit_json(**ChannelStatus(module, runtime).run())
+
+
+if __name__ == "__main__":
+    main()

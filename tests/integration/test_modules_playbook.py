@@ -1,0 +1,197 @@
+"""channel_metadata and channel_status in a real ansible-playbook run against localhost.
+
+The modules run as Ansible runs them on dom0: packaged by AnsiballZ, executed by the
+target's Python (here the venv's, which has the runtime on its path as dom0's system
+Python has it once the dom0_agent role ran). channel_metadata is run the
+community.crypto way - check, real, check again, real again - and then a real dom0
+agent, the channel simulator and a guest fetch deliver the bundle, which channel_status
+waits for. No output of any run, with -vvv and --diff included, may contain user-data.
+"""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from tests.stack import RUNTIME, Domain, Stack
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+MARKER = "TOPSECRET-user-data-4f9c2a"
+DOMAIN = "vm1"
+
+
+@pytest.fixture(scope="module")
+def collections() -> Iterator[str]:
+    """A collections path whose ansible_collections/xenchannel/provision is this tree."""
+    top = tempfile.mkdtemp(prefix="xc-collections-")
+    link = os.path.join(top, "ansible_collections", "xenchannel", "provision")
+    os.makedirs(os.path.dirname(link))
+    os.symlink(ROOT, link)
+    try:
+        yield top
+    finally:
+        os.unlink(link)  # the link first, so nothing walks into the repository
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    stack = Stack()
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+def playbook(
+    collections: str, workdir: str, tasks: List[Dict[str, Any]], *options: str
+) -> "subprocess.CompletedProcess[str]":
+    """Run the tasks on localhost; each task's result is registered and saved as JSON.
+
+    ansible-core has no json stdout callback (that is ansible.posix's), so a last task
+    writes ``{task name: registered result}`` to results.json, which ``results`` reads.
+    """
+    tasks = [dict(task, register=f"r{index}") for index, task in enumerate(tasks)]
+    saved = ", ".join(f"{task['name']!r}: r{index}" for index, task in enumerate(tasks))
+    save = {
+        "name": "save results",
+        "ansible.builtin.copy": {
+            "content": "{{ {" + saved + "} | to_json }}",
+            "dest": os.path.join(workdir, "results.json"),
+            "mode": "0600",
+        },
+        "diff": False,
+    }
+    path = os.path.join(workdir, "play.yml")
+    with open(path, "w") as handle:
+        # JSON is YAML; no quoting surprises.
+        json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": [*tasks, save]}], handle)
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_COLLECTIONS_PATH=collections,
+        ANSIBLE_CONFIG=os.path.join(workdir, "none.cfg"),
+        ANSIBLE_HOME=os.path.join(workdir, "ansible-home"),
+        ANSIBLE_LOCAL_TEMP=os.path.join(workdir, "tmp"),
+        ANSIBLE_REMOTE_TEMP=os.path.join(workdir, "tmp"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+        PYTHONPATH=RUNTIME + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return subprocess.run(
+        [
+            PLAYBOOK,
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            *options,
+            path,
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def results(run: "subprocess.CompletedProcess[str]", workdir: str) -> Dict[str, Dict[str, Any]]:
+    """Each task's result by task name; the run must have succeeded."""
+    assert run.returncode == 0, run.stdout + run.stderr
+    with open(os.path.join(workdir, "results.json")) as handle:
+        saved: Dict[str, Dict[str, Any]] = json.load(handle)
+    return saved
+
+
+def test_metadata_four_runs_then_delivery(collections: str, stack: Stack) -> None:
+    socket = os.path.join(stack.run, f"{DOMAIN}.sock")
+    entry = os.path.join(stack.store, DOMAIN, "domain.json")
+    metadata = {
+        "domain": DOMAIN,
+        "socket": socket,
+        "store_dir": stack.store,
+        "socket_root": stack.run,
+        "meta_data": {"instance-id": "iid-vm1", "local-hostname": DOMAIN},
+        "user_data": f"#cloud-config\nchpasswd: {{list: 'root:{MARKER}'}}\n",
+        "network_config": {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}},
+    }
+    module = "xenchannel.provision.channel_metadata"
+    stat_task = {"ansible.builtin.stat": {"path": entry}}
+    tasks = [
+        {"name": "check 1", module: metadata, "check_mode": True},
+        {"name": "stat after check 1", **stat_task},
+        {"name": "real 1", module: metadata},
+        {"name": "check 2", module: metadata, "check_mode": True},
+        {"name": "real 2", module: metadata},
+    ]
+    run = playbook(collections, stack.root, tasks, "--diff")
+    assert MARKER not in run.stdout + run.stderr
+    by_name = results(run, stack.root)
+    assert by_name["check 1"]["changed"] is True
+    assert by_name["stat after check 1"]["stat"]["exists"] is False
+    assert by_name["real 1"]["changed"] is True, by_name["real 1"]
+    assert by_name["real 1"]["path"] == entry
+    assert by_name["real 1"]["instance_id"] == "iid-vm1"
+    assert "bytes, sha256" in by_name["real 1"]["diff"]["after"]["user-data"]
+    assert by_name["check 2"]["changed"] is False
+    assert by_name["real 2"]["changed"] is False
+    assert stat.S_IMODE(os.stat(entry).st_mode) == 0o600
+    digest = by_name["real 1"]["sha256"]
+
+    # The domain boots: QEMU's socket appears, the agent serves it, the guest fetches.
+    stack.domains[DOMAIN] = Domain(
+        DOMAIN,
+        socket,
+        os.path.join(stack.dev, DOMAIN),
+        stack.simulator.add_channel(socket, os.path.join(stack.dev, DOMAIN), stack.default_options),
+    )
+    stack.start_agent()
+    bundle = stack.fetch(DOMAIN)
+    assert bundle.digest() == digest
+    assert MARKER.encode() in (bundle.user_data or b"")
+
+    status = {
+        "domain": DOMAIN,
+        "state_dir": stack.state,
+        "store_dir": stack.store,
+        "socket_root": stack.run,
+        "wait_for": "delivered",
+        "timeout": 30,
+        "poll_interval": 0.2,
+    }
+    run = playbook(
+        collections,
+        stack.root,
+        [{"name": "delivered", "xenchannel.provision.channel_status": status}],
+    )
+    delivered = results(run, stack.root)["delivered"]
+    assert delivered["changed"] is False
+    assert delivered["reached"] is True
+    assert delivered["store_sha256"] == digest
+    assert delivered["summary"]["delivered"] == "yes"
+    assert delivered["record"]["delivered"]["sha256"] == digest
+
+    # A change of user-data only, with everything Ansible can show: -vvv and --diff.
+    changed = dict(metadata, user_data=metadata["user_data"] + f"# {MARKER} again\n")
+    tasks = [
+        {"name": "change user-data", module: changed},
+        {"name": "status", "xenchannel.provision.channel_status": dict(status, wait_for="none")},
+    ]
+    run = playbook(collections, stack.root, tasks, "-vvv", "--diff")
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert "changed: [localhost]" in output
+    assert "bytes, sha256" in output
+    # -vvv shows the module's arguments: user_data is there, masked by no_log.
+    assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in output
+    assert MARKER not in output

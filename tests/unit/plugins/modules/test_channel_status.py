@@ -1,0 +1,210 @@
+"""plugins/modules/channel_status.py, driven through the real AnsibleModule machinery."""
+
+import os
+import threading
+import time
+from typing import Any, Dict, Iterator, Optional
+
+import pytest
+from ansible_collections.xenchannel.provision.plugins.modules import channel_status
+
+from tests.unit.plugins.modules._harness import fail_module, run_module
+from xenchannel.dom0.state import new_state, save_state
+from xenchannel.dom0.store import load_domain, write_domain
+from xenchannel.protocol import Bundle
+
+
+@pytest.fixture
+def dirs(tmp_path: Any) -> Dict[str, str]:
+    run = tmp_path / "run"
+    run.mkdir()
+    return {
+        "store_dir": str(tmp_path / "store"),
+        "state_dir": str(tmp_path / "state"),
+        "socket_root": str(run),
+    }
+
+
+@pytest.fixture
+def digest(dirs: Dict[str, str]) -> str:
+    """The store holds vm1's bundle; its digest."""
+    bundle = Bundle({"instance-id": "iid-vm1", "local-hostname": "vm1"}, b"#cloud-config\n")
+    write_domain(dirs["store_dir"], "vm1", os.path.join(dirs["socket_root"], "vm1.sock"), bundle)
+    return load_domain(dirs["store_dir"], "vm1", dirs["socket_root"]).digest
+
+
+def record(
+    dirs: Dict[str, str],
+    bundle_sha: Optional[str] = None,
+    delivered_sha: Optional[str] = None,
+    status: Optional[Dict[str, Any]] = None,
+    error: Optional[str] = None,
+) -> None:
+    """Write vm1's state record as the agent would."""
+    state = new_state("vm1", os.path.join(dirs["socket_root"], "vm1.sock"))
+    state["connected"] = True
+    state["handshake"] = {"at": "2026-01-01T00:00:00.000Z", "version": 1, "guest_agent": "t"}
+    if bundle_sha:
+        state["bundle"] = {"sha256": bundle_sha, "instance_id": "iid-vm1", "size": 10}
+    if delivered_sha:
+        state["delivered"] = {
+            "at": "2026-01-01T00:00:01.000Z",
+            "sha256": delivered_sha,
+            "instance_id": "iid-vm1",
+            "count": 1,
+        }
+    if status:
+        state["status"] = {"at": "2026-01-01T00:00:02.000Z", "instance_id": "iid-vm1", **status}
+    if error:
+        state["last_error"] = {"at": "2026-01-01T00:00:03.000Z", "message": error}
+    state["updated_at"] = "2026-01-01T00:00:04.000Z"
+    save_state(dirs["state_dir"], state)
+
+
+def args(dirs: Dict[str, str], **extra: Any) -> Dict[str, Any]:
+    return {"domain": "vm1", **dirs, **extra}
+
+
+@pytest.fixture
+def later() -> Iterator[Any]:
+    """later(delay, fn): run fn in a thread after delay seconds; joined at the end."""
+    threads = []
+
+    def start(delay: float, fn: Any) -> None:
+        def run() -> None:
+            time.sleep(delay)
+            fn()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    yield start
+    for thread in threads:
+        thread.join(timeout=10)
+
+
+def test_reads_the_record_and_its_summary(dirs: Dict[str, str], digest: str) -> None:
+    record(dirs, bundle_sha=digest, delivered_sha=digest, status={"state": "applied"})
+    result = run_module(channel_status.main, args(dirs))
+    assert result["changed"] is False
+    assert result["reached"] is True
+    assert result["store_sha256"] == digest
+    assert result["record"]["delivered"]["sha256"] == digest
+    assert result["summary"]["delivered"] == "yes"
+    assert result["summary"]["status"] == "applied"
+    assert result["summary"]["connected"] == "yes"
+
+
+def test_no_record_yet_reads_as_nothing_happened(dirs: Dict[str, str]) -> None:
+    result = run_module(channel_status.main, args(dirs, _ansible_check_mode=True))
+    assert result["changed"] is False
+    assert result["summary"]["delivered"] == "no"
+    assert result["summary"]["connected"] == "no"
+    assert result["store_sha256"] is None
+    assert not os.path.exists(dirs["state_dir"])
+
+
+def test_wait_for_delivered_is_reached_when_the_agent_records_it(
+    dirs: Dict[str, str], digest: str, later: Any
+) -> None:
+    record(dirs, bundle_sha=digest)
+    later(0.3, lambda: record(dirs, bundle_sha=digest, delivered_sha=digest))
+    start = time.monotonic()
+    result = run_module(
+        channel_status.main, args(dirs, wait_for="delivered", timeout=10, poll_interval=0.05)
+    )
+    assert result["reached"] is True
+    assert result["summary"]["delivered"] == "yes"
+    assert 0.25 < time.monotonic() - start < 5
+
+
+def test_delivered_means_the_bundle_the_store_holds_now(dirs: Dict[str, str], digest: str) -> None:
+    # The agent has not yet noticed a new bundle: its record still says the old one was
+    # delivered, which summarise() calls "yes"; the store holds another one.
+    record(dirs, bundle_sha="0" * 64, delivered_sha="0" * 64)
+    result = fail_module(
+        channel_status.main, args(dirs, wait_for="delivered", timeout=0.3, poll_interval=0.05)
+    )
+    assert result["summary"]["delivered"] == "yes"
+    assert result["reached"] is False
+    assert result["msg"].startswith("timed out after 0.3 s waiting for vm1 to be delivered")
+
+
+def test_timeout_is_bounded_and_names_the_agents_last_error(
+    dirs: Dict[str, str], digest: str
+) -> None:
+    record(dirs, bundle_sha=digest, error="cannot connect to /run/x/vm1.sock: refused")
+    start = time.monotonic()
+    result = fail_module(
+        channel_status.main, args(dirs, wait_for="applied", timeout=0.5, poll_interval=0.2)
+    )
+    elapsed = time.monotonic() - start
+    assert 0.5 <= elapsed < 2
+    assert result["msg"] == (
+        "timed out after 0.5 s waiting for vm1 to be applied; last error from the agent: "
+        "cannot connect to /run/x/vm1.sock: refused"
+    )
+    assert result["changed"] is False
+
+
+def test_timeout_without_a_store_entry_says_so(dirs: Dict[str, str]) -> None:
+    result = fail_module(
+        channel_status.main, args(dirs, wait_for="delivered", timeout=0, poll_interval=0.1)
+    )
+    assert "last error from the agent: none recorded" in result["msg"]
+    assert "has no usable entry" in result["msg"]
+
+
+def test_a_failed_report_fails_at_once_with_its_reason(dirs: Dict[str, str], digest: str) -> None:
+    record(
+        dirs,
+        bundle_sha=digest,
+        delivered_sha=digest,
+        status={"state": "failed", "reason": "netplan apply failed: eth9 not found"},
+    )
+    start = time.monotonic()
+    result = fail_module(
+        channel_status.main, args(dirs, wait_for="applied", timeout=30, poll_interval=0.1)
+    )
+    assert time.monotonic() - start < 2
+    assert "reported that applying instance-id iid-vm1 failed" in result["msg"]
+    assert "netplan apply failed: eth9 not found" in result["msg"]
+
+
+def test_an_earlier_failure_does_not_count_for_a_new_delivery(
+    dirs: Dict[str, str], digest: str
+) -> None:
+    record(dirs, bundle_sha=digest, delivered_sha=digest, status={"state": "failed"})
+    # Redelivered after the failure report: that report is about the previous delivery.
+    state_file = os.path.join(dirs["state_dir"], "vm1.json")
+    with open(state_file) as handle:
+        text = handle.read()
+    with open(state_file, "w") as handle:
+        handle.write(text.replace("2026-01-01T00:00:01.000Z", "2026-01-01T00:00:09.000Z"))
+    result = fail_module(
+        channel_status.main, args(dirs, wait_for="applied", timeout=0.2, poll_interval=0.05)
+    )
+    assert result["msg"].startswith("timed out after 0.2 s waiting for vm1 to be applied")
+
+
+def test_wait_for_applied_and_connected(dirs: Dict[str, str], digest: str) -> None:
+    record(dirs, bundle_sha=digest, delivered_sha=digest, status={"state": "applied"})
+    for level in ("connected", "delivered", "applied"):
+        result = run_module(channel_status.main, args(dirs, wait_for=level, timeout=1))
+        assert result["reached"] is True, level
+
+
+@pytest.mark.parametrize(
+    ("extra", "sentence"),
+    [
+        pytest.param({"domain": "a/b"}, "is not valid", id="domain"),
+        pytest.param({"timeout": -1}, "timeout must be 0 or more", id="timeout"),
+        pytest.param({"poll_interval": 0}, "poll_interval must be more than 0", id="poll"),
+        pytest.param({"wait_for": "booted"}, "value of wait_for must be one of", id="wait_for"),
+    ],
+)
+def test_bad_options_fail_with_a_sentence(
+    dirs: Dict[str, str], extra: Dict[str, Any], sentence: str
+) -> None:
+    assert sentence in fail_module(channel_status.main, args(dirs, **extra))["msg"]
