@@ -14,9 +14,10 @@ RUNTIME := runtime
 
 .PHONY: venv demo test lint typecheck pytest bench clean system
 
-$(STAMP): requirements/dev.txt
+$(STAMP): requirements/dev.txt requirements/cloud-init.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt \
+		-r requirements/cloud-init.txt
 	# The runtime package is standard-library only; make it importable in the venv
 	# without installing a copy, so tests always exercise the working tree.
 	echo "$(CURDIR)/$(RUNTIME)" > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/xenchannel-runtime.pth
@@ -36,11 +37,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # System tools the tests use for real (shellcheck, dash, a udevadm with `verify`, Xen's
-# own config parser libxlutil from Debian's libxenmisc4.17): installed or fetched into .cache/ by the project's scripts.
+# own config parser libxlutil from Debian's libxenmisc4.17, cloud-init 22.4 and 25.1 from
+# Debian's packages): installed or fetched into .cache/ by the project's scripts.
 # Idempotent and quick once done; needs root (or sudo) the first time.
 system:
 	sh tests/setup-system-packages.sh
 	sh tests/oracle/fetch-xen-utils.sh >/dev/null
+	sh tests/setup-cloud-init.sh
 
 pytest: $(STAMP) system
 	$(BIN)/pytest

@@ -31,6 +31,8 @@ GUEST_MODULES = (
     "guest/apply/network.py",
     "guest/apply/script.py",
 )
+# Guest files outside the runtime package, relative to the repository root.
+GUEST_FILES = ("datasource/DataSourceXenChannel.py", "datasource/xenchannel-report-status")
 
 
 def _pyenv_root():
@@ -84,6 +86,7 @@ def test_guest_side_runs_on(python, stack):
             "-m",
             "py_compile",
             *(os.path.join(runtime, "xenchannel", m) for m in GUEST_MODULES),
+            *(os.path.join(os.path.dirname(runtime), f) for f in GUEST_FILES),
         ],
         capture_output=True,
         text=True,

@@ -1,0 +1,167 @@
+"""dscheck_XenChannel inside the REAL ds-identify of each Debian cloud-init, run against
+a fake root (PATH_ROOT) the way cloud-init's own ds-identify tests do: the commands it
+would ask about the machine (systemd-detect-virt, blkid) are stand-ins on PATH."""
+
+import os
+import shutil
+import subprocess
+from typing import Dict, Tuple
+
+import pytest
+
+from tests.datasource.cloudinit_trees import REPO, VERSIONS, ds_identify
+
+INSTALL = os.path.join(REPO, "datasource", "install-ds-identify-check.sh")
+CHANNEL = "org.xenchannel.provision.0"
+MARKER = "# >>> xenchannel dscheck_XenChannel >>>"
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def make_root(base: str, version: str, virt: str = "none") -> str:
+    root = os.path.join(base, "root")
+    os.makedirs(os.path.join(root, "usr/lib/cloud-init"))
+    shutil.copy2(ds_identify(version), os.path.join(root, "usr/lib/cloud-init/ds-identify"))
+    os.makedirs(os.path.join(root, "etc/cloud/cloud.cfg.d"))
+    with open(os.path.join(root, "etc/cloud/cloud.cfg.d/90-xenchannel.cfg"), "w") as f:
+        f.write("datasource_list: [XenChannel, NoCloud, None]\n")
+    # DMI present, so the default policy (not the no-DMI one) applies.
+    dmi = os.path.join(root, "sys/class/dmi/id")
+    os.makedirs(dmi)
+    for name, value in (("sys_vendor", "Xen"), ("product_name", "HVM domU")):
+        with open(os.path.join(dmi, name), "w") as f:
+            f.write(value + "\n")
+    os.makedirs(os.path.join(root, "proc/1"))
+    for name, value in (
+        ("proc/cmdline", "root=/dev/xvda1\n"),
+        ("proc/1/cmdline", "init"),
+        ("proc/1/environ", ""),
+        ("proc/uptime", "5.00 4.00\n"),
+    ):
+        with open(os.path.join(root, name), "w") as f:
+            f.write(value)
+    os.makedirs(os.path.join(root, "run/systemd"))  # so systemd-detect-virt is asked
+    bindir = os.path.join(base, "bin")
+    os.makedirs(bindir)
+    for name, body in (
+        ("systemd-detect-virt", f"echo {virt}; [ {virt} != none ]"),
+        ("blkid", "exit 2"),
+    ):
+        path = os.path.join(bindir, name)
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n" + body + "\n")
+        os.chmod(path, 0o755)
+    return root
+
+
+def install(root: str) -> None:
+    subprocess.run(["sh", INSTALL, root], check=True, timeout=30)
+
+
+def run(base: str, root: str) -> Tuple[int, str, str]:
+    env: Dict[str, str] = {
+        "PATH": os.path.join(base, "bin") + ":/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH_ROOT": root,
+        "DI_LOG": "stderr",
+    }
+    result = subprocess.run(  # noqa: PLW1510 - the return code is asserted
+        ["sh", os.path.join(root, "usr/lib/cloud-init/ds-identify"), "--force"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    cfg = os.path.join(root, "run/cloud-init/cloud.cfg")
+    written = read(cfg) if os.path.exists(cfg) else ""
+    return result.returncode, written, result.stderr
+
+
+def touch_link(root: str, kind: str) -> None:
+    path = os.path.join(root, "dev", kind, CHANNEL)
+    os.makedirs(os.path.dirname(path))
+    os.symlink("../hvc1", path)  # dangling here, as before udev's node: -e would fail
+    open(os.path.join(root, "dev", "hvc1"), "w").close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("how", ["xen-link", "virtio-link", "virtio-sysfs", "xen-sysfs"])
+def test_found(tmp_path, version: str, how: str) -> None:
+    base = str(tmp_path)
+    root = make_root(base, version, virt="xen" if how.startswith("xen") else "kvm")
+    install(root)
+    if how == "xen-link":
+        touch_link(root, "xen-channel")
+    elif how == "virtio-link":
+        touch_link(root, "virtio-ports")
+    elif how == "virtio-sysfs":
+        port = os.path.join(root, "sys/class/virtio-ports/vport1p1")
+        os.makedirs(port)
+        with open(os.path.join(port, "name"), "w") as f:
+            f.write(CHANNEL + "\n")
+    else:
+        os.makedirs(os.path.join(root, "sys/hypervisor"))
+        with open(os.path.join(root, "sys/hypervisor/type"), "w") as f:
+            f.write("xen\n")
+    rc, written, log = run(base, root)
+    assert rc == 0, log
+    assert "check for 'XenChannel' returned found" in log
+    assert "datasource_list: [ XenChannel, None ]" in written, (written, log)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_not_found(tmp_path, version: str) -> None:
+    base = str(tmp_path)
+    root = make_root(base, version, virt="kvm")
+    install(root)
+    port = os.path.join(root, "sys/class/virtio-ports/vport1p1")
+    os.makedirs(port)
+    with open(os.path.join(port, "name"), "w") as f:
+        f.write("org.qemu.guest_agent.0\n")
+    rc, written, log = run(base, root)
+    assert "check for 'XenChannel' returned found" not in log, log
+    assert "No ds found" in log, log
+    assert "XenChannel" not in written
+    assert rc != 0  # nothing found: the default policy disables cloud-init
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_without_the_check_ds_identify_skips_xenchannel(tmp_path, version: str) -> None:
+    base = str(tmp_path)
+    root = make_root(base, version, virt="xen")
+    touch_link(root, "xen-channel")
+    _rc, written, log = run(base, root)
+    assert "No check method 'dscheck_XenChannel'" in log
+    assert "XenChannel" not in written
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_install_is_idempotent_and_keeps_main_last(tmp_path, version: str) -> None:
+    root = make_root(str(tmp_path), version)
+    target = os.path.join(root, "usr/lib/cloud-init/ds-identify")
+    install(root)
+    once = read(target)
+    install(root)
+    assert read(target) == once
+    assert once.count(MARKER) == 1
+    assert once.index("dscheck_XenChannel() {") < once.index("\nnoop() {")
+    assert os.access(target, os.X_OK)
+    # a newer copy of the check replaces the old block
+    with open(target, "w") as f:
+        f.write(once.replace("dscheck_XenChannel() {", "dscheck_XenChannel() { : old;", 1))
+    install(root)
+    assert read(target) == once
+
+
+def test_install_refuses_an_unknown_layout(tmp_path) -> None:
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "usr/lib/cloud-init"))
+    with open(os.path.join(root, "usr/lib/cloud-init/ds-identify"), "w") as f:
+        f.write("#!/bin/sh\nmain\n")
+    result = subprocess.run(
+        ["sh", INSTALL, root], check=False, stderr=subprocess.PIPE, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert "unknown ds-identify layout" in result.stderr
