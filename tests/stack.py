@@ -12,11 +12,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
+from xenchannel.dom0.cli import run_command
 from xenchannel.dom0.store import write_domain
 from xenchannel.guest import ClientConfig, GuestClient
 from xenchannel.protocol import Bundle
@@ -55,23 +55,8 @@ def runtime_env() -> Dict[str, str]:
     return env
 
 
-def agent_command(store: str, state: str, socket_root: str, control: str, *extra: str) -> List[str]:
-    """The dom0 agent's command line, as tests and benchmarks start it."""
-    return [
-        sys.executable,
-        "-m",
-        "xenchannel.dom0",
-        "run",
-        "--store",
-        store,
-        "--state",
-        state,
-        "--socket-root",
-        socket_root,
-        "--control-socket",
-        control,
-        *extra,
-    ]
+# Kept under this name for the benchmarks, which import it from here.
+agent_command = run_command
 
 
 class Domain:

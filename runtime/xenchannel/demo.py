@@ -18,6 +18,7 @@ import tempfile
 import time
 from typing import List, Optional
 
+from xenchannel.dom0.cli import run_command
 from xenchannel.dom0.store import write_domain
 from xenchannel.protocol import Bundle
 from xenchannel.simulator import SimulatorOptions, SimulatorThread
@@ -112,19 +113,7 @@ def run_demo(rate: Optional[float], workdir: str) -> int:
 
         _step(3, total, "dom0: starting the dom0 agent (serves every domain in the store)")
         agent = subprocess.Popen(
-            [
-                *_python(),
-                "xenchannel.dom0",
-                "run",
-                "--store",
-                store,
-                "--state",
-                state,
-                "--socket-root",
-                sockets,
-                "--control-socket",
-                os.path.join(sockets, "agent.sock"),
-            ],
+            run_command(store, state, sockets, os.path.join(sockets, "agent.sock")),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -53,6 +53,25 @@ class UsageError(Exception):
     """A bad option or configuration file; exit status 2."""
 
 
+def run_command(store: str, state: str, socket_root: str, control: str, *extra: str) -> List[str]:
+    """The argv that starts this agent as a child process (the demo, tests, benchmarks)."""
+    return [
+        sys.executable,
+        "-m",
+        "xenchannel.dom0",
+        "run",
+        "--store",
+        store,
+        "--state",
+        state,
+        "--socket-root",
+        socket_root,
+        "--control-socket",
+        control,
+        *extra,
+    ]
+
+
 def default_config() -> AgentConfig:
     return AgentConfig(
         store_dir=DEFAULT_STORE_DIR,
