@@ -1,0 +1,76 @@
+"""plugins/lookup/channel_socket.py: the deterministic per-domain socket path.
+
+The lookup loaded by name in a real play is tested by
+tests/integration/test_xl_channel_playbook.py.
+"""
+
+from typing import Any
+
+import pytest
+from ansible_collections.xenchannel.provision.plugins.module_utils.channel_spec import (
+    check_channels,
+)
+
+from tests.unit.plugins.filter._controller import controller_module
+
+channel_socket_module = controller_module(
+    "ansible_collections.xenchannel.provision.plugins.lookup.channel_socket"
+)
+errors_module = controller_module("ansible.errors")
+
+
+@pytest.fixture
+def channel_socket(channel_socket_module: Any) -> Any:
+    return channel_socket_module
+
+
+def test_path_per_domain(channel_socket: Any) -> None:
+    assert channel_socket.socket_path("vm1") == "/run/xenchannel/vm1.sock"
+    assert (
+        channel_socket.socket_path("web-1.example_a", "/srv/xc/") == "/srv/xc/web-1.example_a.sock"
+    )
+    assert channel_socket.socket_path("A" * 64, "/run/x") == "/run/x/" + "A" * 64 + ".sock"
+
+
+def test_result_passes_xl_channel_validation(channel_socket: Any) -> None:
+    for domain in ("vm1", "x", "Z" * 64, "a.b-c_d"):
+        path = channel_socket.socket_path(domain, "/run/xenchannel")
+        channel = {"name": "org.xenchannel.provision.0", "connection": "socket", "path": path}
+        assert check_channels([channel], "/run/xenchannel") == [channel]
+
+
+@pytest.mark.parametrize(
+    ("domain", "socket_dir", "sentence"),
+    [
+        ("../etc/passwd", "/run/xenchannel", "is not valid"),
+        ("a..b", "/run/xenchannel", "is not valid"),
+        ("a/b", "/run/xenchannel", "is not valid"),
+        ("-h", "/run/xenchannel", "is not valid"),
+        ("", "/run/xenchannel", "is not valid"),
+        ("a" * 65, "/run/xenchannel", "is not valid"),
+        ("vm1\n", "/run/xenchannel", "is not valid"),
+        ("vm1", "run/xenchannel", "not an absolute path"),
+        ("vm1", "/", "must not be /"),
+        ("a" * 60, "/" + "d" * 45, "over the 107"),
+    ],
+)
+def test_refused(channel_socket: Any, domain: str, socket_dir: str, sentence: str) -> None:
+    with pytest.raises(ValueError, match=sentence):
+        channel_socket.socket_path(domain, socket_dir)
+
+
+def test_run_one_path_per_term(channel_socket: Any, errors_module: Any, monkeypatch: Any) -> None:
+    """run() with the option machinery stubbed (the real loader runs in the playbook test)."""
+    lookup = channel_socket.LookupModule()
+    options = {}
+    monkeypatch.setattr(
+        lookup, "set_options", lambda var_options=None, direct=None: options.update(direct)
+    )
+    monkeypatch.setattr(lookup, "get_option", lambda name: options.get(name, "/run/xenchannel"))
+    assert lookup.run(["vm1", "vm2"], variables={}) == [
+        "/run/xenchannel/vm1.sock",
+        "/run/xenchannel/vm2.sock",
+    ]
+    assert lookup.run(["vm1"], variables={}, socket_dir="/srv/xc") == ["/srv/xc/vm1.sock"]
+    with pytest.raises(errors_module.AnsibleLookupError, match="is not valid"):
+        lookup.run(["../x"], variables={})
