@@ -31,6 +31,9 @@ them with "met" / "NOT met".
     (agent: its whole life from /proc; baseline: the sum over its processes) and
     memory (agent: peak RSS; baseline: the sum of per-process peaks, which is what N
     concurrent processes need).  agent/baseline < 1 means the agent is cheaper.
+(d) With ``--cloud-init``: Debian's cloud-init 22.4 and 25.1 ``init --local`` in a
+    sandbox, XenChannel at ``--rate`` vs NoCloud with the same content, and detection
+    time with no channel (see benchmarks/cloud_init.py).
 
 All figures go to ``benchmarks/results/latest.json``; each section says how long it took.
 """
@@ -45,7 +48,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import channel, many
+from . import channel, cloud_init, many
 from .harness import BenchError, check_agent_cli
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -63,6 +66,11 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
         type=int,
         default=None,
         help="domains in section (c) (default 1000, 100 with --quick)",
+    )
+    parser.add_argument(
+        "--cloud-init",
+        action="store_true",
+        help="also section (d): cloud-init with XenChannel vs NoCloud (benchmarks/cloud_init.py)",
     )
     parser.add_argument(
         "--rate",
@@ -128,6 +136,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_agent_cli()
         results.update(channel.run(args.rate, args.quick))
         results["many_domains"] = many.run(args.domains)
+        if args.cloud_init:
+            results["cloud_init"] = cloud_init.run(args.rate)
     except BenchError as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
         results["error"] = str(exc)
