@@ -50,8 +50,8 @@ pytest: $(STAMP) system
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+bench: $(STAMP) system
+	$(BIN)/python -m benchmarks.run --cloud-init
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
