@@ -34,6 +34,9 @@ them with "met" / "NOT met".
 (d) With ``--cloud-init``: Debian's cloud-init 22.4 and 25.1 ``init --local`` in a
     sandbox, XenChannel at ``--rate`` vs NoCloud with the same content, and detection
     time with no channel (see benchmarks/cloud_init.py).
+(e) With ``--xl``: adding a channel to 200 xl domain configs (50 with ``--quick``) with
+    xenchannel.provision.xl_channel vs ansible.builtin.template, and the second runs'
+    changed counts (see benchmarks/xl_channel_bench.py).
 
 All figures go to ``benchmarks/results/latest.json``; each section says how long it took.
 """
@@ -48,7 +51,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import channel, cloud_init, many
+from . import channel, cloud_init, many, xl_channel_bench
 from .harness import BenchError, check_agent_cli
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -71,6 +74,11 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
         "--cloud-init",
         action="store_true",
         help="also section (d): cloud-init with XenChannel vs NoCloud (benchmarks/cloud_init.py)",
+    )
+    parser.add_argument(
+        "--xl",
+        action="store_true",
+        help="also section (e): xl_channel vs template (benchmarks/xl_channel_bench.py)",
     )
     parser.add_argument(
         "--rate",
@@ -138,6 +146,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["many_domains"] = many.run(args.domains)
         if args.cloud_init:
             results["cloud_init"] = cloud_init.run(args.rate)
+        if args.xl:
+            results["xl_channel"] = xl_channel_bench.run(50 if args.quick else 200)
+            xl_channel_bench.write_results(results["xl_channel"])
     except BenchError as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
         results["error"] = str(exc)

@@ -22,7 +22,7 @@ description:
     mode C(0600) in a C(0700) directory, only when it differs. An existing entry the agent
     would refuse (wrong mode, invalid JSON) is replaced.
   - Runs on dom0 and needs the C(xenchannel) runtime package there, which the
-    P(xenchannel.provision.dom0_agent#role) role installs. The store rules are imported
+    C(xenchannel.provision.dom0_agent) role (to come) installs. The store rules are imported
     from it, so the module and the agent can never disagree about them.
 requirements:
   - the C(xenchannel) runtime package on the managed host (installed by the
