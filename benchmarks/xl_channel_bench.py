@@ -27,18 +27,17 @@ import argparse
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional
+
+from tests.ansible_run import make_collection_tree, playbook_argv, playbook_env
 
 from .harness import BenchError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
-PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 CHANNEL_NAME = "org.xenchannel.provision.0"
 SOCKET_DIR = "/run/xenchannel"
 RUN_TIMEOUT = 600
@@ -184,31 +183,14 @@ def _playbook(workdir: str, kind: str, confdir: str) -> str:
 
 
 def _run(workdir: str, collections: str, kind: str, playbook: str) -> Dict[str, Any]:
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_COLLECTIONS_PATH=collections,
-        ANSIBLE_CONFIG=os.path.join(workdir, "none.cfg"),
-        ANSIBLE_HOME=os.path.join(workdir, "ansible-home"),
-        ANSIBLE_LOCAL_TEMP=os.path.join(workdir, "tmp"),
-        ANSIBLE_REMOTE_TEMP=os.path.join(workdir, "tmp"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-        # No xl on the PATH: xl_channel's running is "unknown", as on any non-Xen host.
-        PATH=os.path.dirname(sys.executable) + ":/usr/bin:/bin",
+    # No xl on the PATH: xl_channel's running is "unknown", as on any non-Xen host.
+    env = playbook_env(
+        collections, workdir, PATH=os.path.dirname(sys.executable) + ":/usr/bin:/bin"
     )
     dump = os.path.join(workdir, f"{kind}-changed.json")
     if os.path.exists(dump):
         os.unlink(dump)
-    command = [
-        PLAYBOOK,
-        "-i",
-        "localhost,",
-        "-c",
-        "local",
-        "-e",
-        f"ansible_python_interpreter={sys.executable}",
-        playbook,
-    ]
+    command = playbook_argv(playbook)
     start = time.monotonic()
     try:
         proc = subprocess.run(
@@ -238,11 +220,8 @@ def run(configs: int = 200) -> Dict[str, Any]:
     started = time.monotonic()
     print(f"\n(e) adding a channel to {configs} xl domain configs: xl_channel vs template")
     print("    one ansible-playbook run each (localhost, connection local), then a second")
-    top = tempfile.mkdtemp(prefix="xcb-xl-")
-    link = os.path.join(top, "ansible_collections", "xenchannel", "provision")
+    top, remove_tree = make_collection_tree(prefix="xcb-xl-")
     try:
-        os.makedirs(os.path.dirname(link))
-        os.symlink(ROOT, link)
         domains = _domains(configs)
         with open(os.path.join(top, "domains.json"), "w") as handle:
             json.dump({"domains": domains}, handle)
@@ -266,9 +245,7 @@ def run(configs: int = 200) -> Dict[str, Any]:
             if _read(dirs["xl_channel"], d["name"]) == _read(dirs["template"], d["name"])
         )
     finally:
-        if os.path.islink(link):
-            os.unlink(link)  # the link first, so nothing walks into the repository
-        shutil.rmtree(top, ignore_errors=True)
+        remove_tree()
     xl, tpl = runs["xl_channel"], runs["template"]
     figures: Dict[str, Any] = {
         "configs": configs,

@@ -8,17 +8,15 @@ agent, the channel simulator and a guest fetch deliver the bundle, which channel
 waits for. No output of any run, with -vvv and --diff included, may contain user-data.
 """
 
-import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from typing import Any, Dict, Iterator, List
 
 import pytest
 
+from tests.ansible_run import collection_tree, playbook_env, run_tasks, saved_results
 from tests.stack import RUNTIME, Domain, Stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,16 +27,8 @@ DOMAIN = "vm1"
 
 @pytest.fixture(scope="module")
 def collections() -> Iterator[str]:
-    """A collections path whose ansible_collections/xenchannel/provision is this tree."""
-    top = tempfile.mkdtemp(prefix="xc-collections-")
-    link = os.path.join(top, "ansible_collections", "xenchannel", "provision")
-    os.makedirs(os.path.dirname(link))
-    os.symlink(ROOT, link)
-    try:
+    with collection_tree() as top:
         yield top
-    finally:
-        os.unlink(link)  # the link first, so nothing walks into the repository
-        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
@@ -53,64 +43,13 @@ def stack() -> Iterator[Stack]:
 def playbook(
     collections: str, workdir: str, tasks: List[Dict[str, Any]], *options: str
 ) -> "subprocess.CompletedProcess[str]":
-    """Run the tasks on localhost; each task's result is registered and saved as JSON.
-
-    ansible-core has no json stdout callback (that is ansible.posix's), so a last task
-    writes ``{task name: registered result}`` to results.json, which ``results`` reads.
-    """
-    tasks = [dict(task, register=f"r{index}") for index, task in enumerate(tasks)]
-    saved = ", ".join(f"{task['name']!r}: r{index}" for index, task in enumerate(tasks))
-    save = {
-        "name": "save results",
-        "ansible.builtin.copy": {
-            "content": "{{ {" + saved + "} | to_json }}",
-            "dest": os.path.join(workdir, "results.json"),
-            "mode": "0600",
-        },
-        "diff": False,
-    }
-    path = os.path.join(workdir, "play.yml")
-    with open(path, "w") as handle:
-        # JSON is YAML; no quoting surprises.
-        json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": [*tasks, save]}], handle)
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_COLLECTIONS_PATH=collections,
-        ANSIBLE_CONFIG=os.path.join(workdir, "none.cfg"),
-        ANSIBLE_HOME=os.path.join(workdir, "ansible-home"),
-        ANSIBLE_LOCAL_TEMP=os.path.join(workdir, "tmp"),
-        ANSIBLE_REMOTE_TEMP=os.path.join(workdir, "tmp"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-        PYTHONPATH=RUNTIME + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    return subprocess.run(
-        [
-            PLAYBOOK,
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            *options,
-            path,
-        ],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """Run the tasks on localhost with the runtime importable, as on dom0."""
+    pythonpath = RUNTIME + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = playbook_env(collections, workdir, PYTHONPATH=pythonpath)
+    return run_tasks(collections, workdir, tasks, *options, env=env)
 
 
-def results(run: "subprocess.CompletedProcess[str]", workdir: str) -> Dict[str, Dict[str, Any]]:
-    """Each task's result by task name; the run must have succeeded."""
-    assert run.returncode == 0, run.stdout + run.stderr
-    with open(os.path.join(workdir, "results.json")) as handle:
-        saved: Dict[str, Dict[str, Any]] = json.load(handle)
-    return saved
+results = saved_results
 
 
 def test_metadata_four_runs_then_delivery(collections: str, stack: Stack) -> None:

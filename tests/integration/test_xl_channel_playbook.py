@@ -5,16 +5,13 @@ writes is read back by Xen's own parser. Then a play uses the filters and the lo
 loaded by their collection names.
 """
 
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from typing import Any, Dict, Iterator, List
 
 import pytest
 
+from tests.ansible_run import collection_tree, playbook_env, run_tasks, saved_results
 from tests.oracle import libxlutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,71 +32,19 @@ def xl_oracle() -> Any:
 
 @pytest.fixture(scope="module")
 def collections() -> Iterator[str]:
-    """A collections path whose ansible_collections/xenchannel/provision is this tree."""
-    top = tempfile.mkdtemp(prefix="xc-collections-")
-    link = os.path.join(top, "ansible_collections", "xenchannel", "provision")
-    os.makedirs(os.path.dirname(link))
-    os.symlink(ROOT, link)
-    try:
+    with collection_tree() as top:
         yield top
-    finally:
-        os.unlink(link)  # the link first, so nothing walks into the repository
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def play(
     collections: str, workdir: str, tasks: List[Dict[str, Any]], *options: str
 ) -> Dict[str, Dict[str, Any]]:
     """Run the tasks on localhost; each task's registered result, by task name."""
-    tasks = [dict(task, register=f"r{index}") for index, task in enumerate(tasks)]
-    saved = ", ".join(f"{task['name']!r}: r{index}" for index, task in enumerate(tasks))
-    save = {
-        "name": "save results",
-        "ansible.builtin.copy": {
-            "content": "{{ {" + saved + "} | to_json }}",
-            "dest": os.path.join(workdir, "results.json"),
-            "mode": "0600",
-        },
-        "diff": False,
-    }
-    path = os.path.join(workdir, "play.yml")
-    with open(path, "w") as handle:
-        json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": [*tasks, save]}], handle)
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_COLLECTIONS_PATH=collections,
-        ANSIBLE_CONFIG=os.path.join(workdir, "none.cfg"),
-        ANSIBLE_HOME=os.path.join(workdir, "ansible-home"),
-        ANSIBLE_LOCAL_TEMP=os.path.join(workdir, "tmp"),
-        ANSIBLE_REMOTE_TEMP=os.path.join(workdir, "tmp"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-        # No xl on the PATH: running is "unknown" whatever the host is.
-        PATH=os.path.dirname(sys.executable) + ":/usr/bin:/bin",
+    # No xl on the PATH: running is "unknown" whatever the host is.
+    env = playbook_env(
+        collections, workdir, PATH=os.path.dirname(sys.executable) + ":/usr/bin:/bin"
     )
-    run = subprocess.run(
-        [
-            PLAYBOOK,
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            *options,
-            path,
-        ],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    with open(os.path.join(workdir, "results.json")) as handle:
-        results: Dict[str, Dict[str, Any]] = json.load(handle)
-    return results
+    return saved_results(run_tasks(collections, workdir, tasks, *options, env=env), workdir)
 
 
 def test_xl_channel_check_real_check_real(collections: str, tmp_path: Any, xl_oracle: Any) -> None:

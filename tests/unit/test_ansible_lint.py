@@ -8,26 +8,28 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.ansible_run import collection_tree
 
 
-def test_ansible_lint_production_profile(tmp_path):
-    tree = tmp_path / "ansible_collections" / "xenchannel"
-    tree.mkdir(parents=True)
-    (tree / "provision").symlink_to(ROOT)
+def test_ansible_lint_production_profile():
+    with collection_tree(prefix="xc-lint-") as collections:
+        _lint(collections)
+
+
+def _lint(collections):
     bindir = os.path.dirname(sys.executable)
     lint = os.path.join(bindir, "ansible-lint")
     assert os.path.exists(lint), f"{lint} is missing: run `make venv`"
     proc = subprocess.run(
         [lint, "--offline", "--profile", "production", "--nocolor"],
-        cwd=tree / "provision",
+        cwd=os.path.join(collections, "ansible_collections", "xenchannel", "provision"),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
         env=dict(
             os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(tmp_path),
+            ANSIBLE_COLLECTIONS_PATH=collections,
             PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
             NO_COLOR="1",
         ),

@@ -16,13 +16,13 @@ in a temporary directory, as Ansible and antsibull-docs need it.
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from typing import Any, Dict, Iterator, List
 
 import pytest
+
+from tests.ansible_run import collection_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -67,15 +67,8 @@ print(json.dumps(captured["argument_spec"]))
 
 @pytest.fixture(scope="module")
 def collections() -> Iterator[str]:
-    top = tempfile.mkdtemp(prefix="xc-docs-")
-    link = os.path.join(top, "ansible_collections", "xenchannel", "provision")
-    os.makedirs(os.path.dirname(link))
-    os.symlink(ROOT, link)
-    try:
+    with collection_tree(prefix="xc-docs-") as top:
         yield top
-    finally:
-        os.unlink(link)  # the link first, so nothing walks into the repository
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def _env(collections: str) -> Dict[str, str]:

@@ -12,33 +12,18 @@ a test that writes xl configs must not pass without Xen's parser having read the
 """
 
 import atexit
-import os
-import shutil
 import sys
-import tempfile
 from typing import Any, Dict
 
 import pytest
 
+from tests.ansible_run import make_collection_tree
 from tests.oracle import libxlutil
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _collection_tree() -> str:
-    top = tempfile.mkdtemp(prefix="xenchannel-collections-")
-    namespace = os.path.join(top, "ansible_collections", "xenchannel")
-    os.makedirs(namespace)
-    link = os.path.join(namespace, "provision")
-    os.symlink(ROOT, link)
-
-    def cleanup() -> None:
-        # Remove the link itself first so nothing can ever walk into the repository.
-        if os.path.islink(link):
-            os.unlink(link)
-        shutil.rmtree(top, ignore_errors=True)
-
-    atexit.register(cleanup)
+    top, remove = make_collection_tree(prefix="xenchannel-collections-")
+    atexit.register(remove)
     return top
 
 
