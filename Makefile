@@ -12,12 +12,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNTIME := runtime
 
-.PHONY: venv demo test lint typecheck pytest bench clean system
+.PHONY: venv demo test lint typecheck pytest bench clean system docs
 
-$(STAMP): requirements/dev.txt requirements/cloud-init.txt
+$(STAMP): requirements/dev.txt requirements/cloud-init.txt requirements/docs.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt \
-		-r requirements/cloud-init.txt
+		-r requirements/cloud-init.txt -r requirements/docs.txt
 	# The runtime package is standard-library only; make it importable in the venv
 	# without installing a copy, so tests always exercise the working tree.
 	echo "$(CURDIR)/$(RUNTIME)" > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/xenchannel-runtime.pth
@@ -27,6 +27,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m xenchannel.demo
+
+# The documentation site (module and role reference generated, guides from docs/*.md)
+# in .cache/docs-site/html; docs/site/build.sh says how.
+docs: $(STAMP)
+	sh docs/site/build.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -44,6 +49,7 @@ system:
 	sh tests/setup-system-packages.sh
 	sh tests/oracle/fetch-xen-utils.sh >/dev/null
 	sh tests/setup-cloud-init.sh
+	sh tests/galaxy_importer/setup.sh >/dev/null
 
 pytest: $(STAMP) system
 	$(BIN)/pytest

@@ -7,6 +7,7 @@ with Ansible's home, temporary directories and configuration kept out of the use
 """
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 PLAYBOOK = os.path.join(BIN, "ansible-playbook")
+GALAXY = os.path.join(BIN, "ansible-galaxy")
 
 
 def make_collection_tree(prefix: str = "xc-collections-") -> Tuple[str, Callable[[], None]]:
@@ -122,3 +124,17 @@ def saved_results(run: "subprocess.CompletedProcess[str]", workdir: str) -> Dict
     with open(os.path.join(workdir, "results.json")) as handle:
         saved: Dict[str, Any] = json.load(handle)
     return saved
+
+
+def build_collection(output_dir: str) -> str:
+    """Build the collection tarball with the venv's ansible-galaxy; returns its path."""
+    out = subprocess.run(
+        [GALAXY, "collection", "build", "--output-path", output_dir, ROOT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    (tarball,) = glob.glob(os.path.join(output_dir, "xenchannel-provision-*.tar.gz"))
+    return tarball

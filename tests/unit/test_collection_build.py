@@ -6,9 +6,9 @@ ansible-galaxy (from the pinned ansible-core) and checks that promise.
 """
 
 import os
-import subprocess
-import sys
 import tarfile
+
+from tests.ansible_run import build_collection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNTIME_FILES = (
@@ -24,16 +24,7 @@ RUNTIME_FILES = (
 
 
 def test_built_collection_ships_the_runtime_and_no_dev_clutter(tmp_path):
-    galaxy = os.path.join(os.path.dirname(sys.executable), "ansible-galaxy")
-    out = subprocess.run(
-        [galaxy, "collection", "build", "--output-path", str(tmp_path), ROOT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    (tarball,) = tmp_path.glob("xenchannel-provision-*.tar.gz")
+    tarball = build_collection(str(tmp_path))
     with tarfile.open(tarball) as archive:
         names = set(archive.getnames())
         manifest = archive.extractfile("MANIFEST.json")
