@@ -11,7 +11,7 @@ module: xl_channel
 short_description: Declare, update or remove the Xen PV channels of an xl domain config
 version_added: 0.1.0
 author:
-  - xenchannel contributors
+  - xenchannel contributors (@xenchannel)
 description:
   - Edits the C(channel = [ ... ]) setting of an existing xl domain config file
     (xl.cfg(5)). Every other byte of the file - comments, blank lines, other settings,
@@ -207,9 +207,6 @@ restart_required:
 """
 
 import os
-import re
-import subprocess
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.xenchannel.provision.plugins.module_utils.channel_spec import (
@@ -223,16 +220,14 @@ from ansible_collections.xenchannel.provision.plugins.module_utils.xl_config imp
     XlConfig,
     XlConfigError,
 )
+from ansible_collections.xenchannel.provision.plugins.module_utils.xl_host import (
+    domain_running,
+    valid_domain_name,
+    write_atomic,
+)
 
-# The dom0 agent's domain names (runtime/xenchannel/dom0/store.py).
-DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-XL_TIMEOUT = 10
 # The settings a new `channel` line goes after, whichever is assigned later in the file.
 ANCHORS = ("vif", "disk")
-
-
-def valid_domain_name(name):
-    return bool(DOMAIN_NAME_RE.match(name)) and ".." not in name
 
 
 class XlChannel:
@@ -406,51 +401,11 @@ class XlChannel:
         return max(present, key=lambda key: doc.lines(key)[-1])
 
     def write(self, data):
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.module.atomic_move(tmp, self.path)
-        except OSError as exc:
-            self.fail(f"cannot write {self.path}: {exc}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(self.module, self.path, data)
 
     def running(self):
         """True, False, or "unknown" (no domain given, no xl, or xl failed)."""
-        domain = self.module.params["domain"]
-        if domain is None:
-            return "unknown"
-        xl = self.module.get_bin_path("xl")
-        if xl is None:
-            return "unknown"
-        try:
-            proc = subprocess.run(
-                [xl, "list", domain],
-                capture_output=True,
-                text=True,
-                timeout=XL_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            self.module.warn(f"xl list {domain} did not answer in {XL_TIMEOUT} s; running unknown")
-            return "unknown"
-        except OSError as exc:
-            self.module.warn(f"cannot run {xl}: {exc}; running unknown")
-            return "unknown"
-        if proc.returncode == 0:
-            return True
-        if "invalid domain identifier" in proc.stderr:
-            return False
-        self.module.warn(
-            f"xl list {domain} failed (rc {proc.returncode}: {proc.stderr.strip()[:200]}); "
-            "running unknown"
-        )
-        return "unknown"
+        return domain_running(self.module, self.module.params["domain"])
 
 
 def main():
