@@ -54,7 +54,13 @@ system:
 pytest: $(STAMP) system
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# ansible-test's gates (issue 5): sanity on Python 3.8-3.13, units, the integration
+# targets, with a summary at the end; tests/ansible-test/run.py says what it arranges.
+.PHONY: ansible-test
+ansible-test: $(STAMP) system
+	$(BIN)/python tests/ansible-test/run.py
+
+test: lint typecheck pytest ansible-test
 
 bench: $(STAMP) system
 	$(BIN)/python -m benchmarks.run --cloud-init

@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 ---
 name: channel_socket
 author:
-  - xenchannel contributors
+  - xenchannel contributors (@xenchannel)
 version_added: 0.1.0
 short_description: The channel socket path of a domain
 description:

@@ -208,7 +208,10 @@ class _Parser:
                 continue
             else:
                 raise self._bad_character(pos)
-            assert m is not None
+            if m is None:
+                # Not an assert: asserts vanish under python -O, and a token without a
+                # match would silently corrupt the round trip.
+                raise AssertionError(f"no token matched at offset {pos}")
             tokens.append(_Token(kind, pos, m.end()))
             if kind == "string":
                 self.dequote(pos, m.end())

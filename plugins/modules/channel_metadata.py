@@ -11,7 +11,7 @@ module: channel_metadata
 short_description: Write a domain's metadata bundle into the dom0 agent's store
 version_added: 0.1.0
 author:
-  - xenchannel contributors
+  - xenchannel contributors (@xenchannel)
 description:
   - Writes C(<store_dir>/<domain>/domain.json), the entry the xenchannel dom0 agent serves
     to the domain over its Xen PV channel, or removes it.

@@ -11,7 +11,7 @@ module: channel_status
 short_description: Read, or wait for, a domain's delivery status from the dom0 agent
 version_added: 0.1.0
 author:
-  - xenchannel contributors
+  - xenchannel contributors (@xenchannel)
 description:
   - Reads the record the xenchannel dom0 agent keeps for a domain,
     C(<state_dir>/<domain>.json), and returns it with the summary C(xenchannel-dom0 status)

@@ -12,6 +12,7 @@ a test that writes xl configs must not pass without Xen's parser having read the
 """
 
 import atexit
+import os
 import sys
 from typing import Any, Dict
 
@@ -28,6 +29,14 @@ def _collection_tree() -> str:
 
 
 sys.path.insert(0, _collection_tree())
+
+# ansible-test units runs pytest with its own configuration, not pyproject.toml's
+# pythonpath; the modules' tests import the runtime as the modules do on dom0.
+_RUNTIME = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), *[".."] * 3, "runtime")
+)
+if _RUNTIME not in sys.path:
+    sys.path.insert(0, _RUNTIME)
 
 
 @pytest.fixture(scope="session")
