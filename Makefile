@@ -25,8 +25,11 @@ $(STAMP): requirements/dev.txt requirements/cloud-init.txt requirements/docs.txt
 
 venv: $(STAMP)
 
+# Needs root (its sandboxes are namespaces) and Debian's cloud-init .deb, fetched here;
+# demo/__main__.py says what it runs.
 demo: $(STAMP)
-	$(BIN)/python -m xenchannel.demo
+	sh tests/setup-cloud-init.sh
+	$(BIN)/python -m demo
 
 # The documentation site (module and role reference generated, guides from docs/*.md)
 # in .cache/docs-site/html; docs/site/build.sh says how.
