@@ -1,0 +1,103 @@
+"""The host sandbox every role test and the demo use: writes stay in its uppers."""
+
+import os
+import time
+
+import pytest
+
+from tests.host_sandbox import TIMEOUT_RC, HostSandbox
+
+PROBE = "/etc/xc-host-sandbox-probe"
+
+
+@pytest.fixture
+def box(tmp_path):
+    return HostSandbox(str(tmp_path / "box"))
+
+
+def test_a_write_to_etc_lands_in_the_upper_only(box):
+    assert not os.path.lexists(PROBE), f"{PROBE} exists on the real root; remove it"
+    box.run(["sh", "-c", f"echo inside > {PROBE} && chmod 0640 {PROBE}"]).check()
+    assert not os.path.lexists(PROBE)
+    with open(box.upper(PROBE)) as handle:
+        assert handle.read() == "inside\n"
+    assert box.read(PROBE) == "inside\n"
+    assert box.mode(PROBE) == 0o640
+    assert box.written("/etc") == [PROBE]
+
+
+def test_runs_on_one_base_see_each_others_writes_and_deletions(box):
+    box.run(["sh", "-c", "mkdir -p /var/lib/xc-probe && echo 1 > /var/lib/xc-probe/a"]).check()
+    second = box.run(["sh", "-c", "cat /var/lib/xc-probe/a && rm /etc/hostname"]).check()
+    assert second.stdout == "1\n"
+    # The deletion is a whiteout in the upper: gone inside, still there outside.
+    assert os.path.exists("/etc/hostname")
+    assert not box.exists("/etc/hostname")
+    assert box.run(["test", "-e", "/etc/hostname"]).rc == 1
+    # A file the sandbox never touched reads through to the real one.
+    assert box.read("/etc/os-release") == _text("/etc/os-release")
+
+
+def test_run_and_tmp_are_fresh_and_the_network_is_only_loopback(box, tmp_path):
+    marker = tmp_path / "host-only"
+    marker.write_text("x")
+    box.run(["touch", "/run/from-run-1", "/tmp/from-run-1"]).check()
+    script = (
+        f"test -e {marker} || echo hidden; test -e /run/from-run-1 || echo fresh-run;"
+        " test -e /tmp/from-run-1 || echo fresh-tmp; hostname;"
+        # /proc/net/dev lists the interfaces of the reader's network namespace.
+        " tail -n +3 /proc/net/dev | cut -d: -f1"
+    )
+    inside = box.run(["sh", "-c", script]).check()
+    assert inside.stdout.split() == ["hidden", "fresh-run", "fresh-tmp", "xc-sandbox", "lo"]
+    host_net = HostSandbox(str(tmp_path / "box2"), net=False)
+    assert "lo" in host_net.run(["cat", "/proc/net/dev"]).check().stdout
+    assert len(host_net.run(["cat", "/proc/net/dev"]).stdout.splitlines()) > 3
+
+
+def test_binds_and_share_are_visible_inside(tmp_path):
+    shared = tmp_path / "work"
+    shared.mkdir()
+    box = HostSandbox(str(tmp_path / "box"), binds=[str(shared)])
+    box.run(["sh", "-c", f"echo a > {shared}/from-inside; echo b > {box.share}/s"]).check()
+    assert (shared / "from-inside").read_text() == "a\n"
+    assert _text(os.path.join(box.share, "s")) == "b\n"
+
+
+def test_a_command_is_bounded_and_leaves_nothing_running(box):
+    # A unique argument marks the background process, to look for it on the host after.
+    started = time.monotonic()
+    result = box.run(["sh", "-c", "sleep 987.125 & sleep 30"], timeout=1)
+    assert result.rc == TIMEOUT_RC
+    assert "timed out after 1 s" in result.stderr
+    assert time.monotonic() - started < 15
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x00987.125\x00"]
+    assert left == []
+
+
+def _text(path):
+    with open(path) as handle:
+        return handle.read()
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def test_started_command_shares_its_namespaces_and_is_stopped(box):
+    with box.start(["sh", "-c", "echo up > /run/daemon.ready; exec sleep 600"]) as daemon:
+        daemon.wait_for(
+            lambda: daemon.run(["test", "-e", "/run/daemon.ready"]).rc == 0, 10, "ready file"
+        )
+        beside = daemon.run(["sh", "-c", "cat /run/daemon.ready; cat /proc/1/cmdline"]).check()
+        # Same mount namespace (the file) and same pid namespace (pid 1 is the sandbox's).
+        assert beside.stdout.startswith("up\n")
+        assert "tests.host_sandbox\x00--inner" in beside.stdout
+        assert daemon.alive()
+    assert not daemon.alive()
+    # The lock is released: the next run on the base proceeds.
+    assert box.run(["true"], timeout=10).rc == 0
