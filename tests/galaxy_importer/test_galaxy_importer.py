@@ -6,7 +6,7 @@ requirements/galaxy-importer.txt) then loads every plugin's docs with ansible-do
 the collection with ansible-lint's production profile, renders README.md and docs/*.md,
 and checks galaxy.yml, meta/runtime.yml and the changelog. Its ansible-test step is off
 (galaxy-importer.cfg says why). Any WARNING or ERROR line fails the test unless it is
-listed in ACCEPTED with its reason.
+listed in ACCEPTED (by its start) with its reason.
 """
 
 import glob
@@ -25,8 +25,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 IMPORTER_BIN = os.path.join(ROOT, ".cache", "galaxy-importer", "venv", "bin")
 SETUP_SCRIPT = os.path.join(HERE, "setup.sh")
 SETUP = "sh tests/galaxy_importer/setup.sh"
-# Exact importer output lines accepted, each with why. None so far.
-ACCEPTED: Dict[str, str] = {}
+# Importer output lines accepted (by their start), each with why.
+ACCEPTED: Dict[str, str] = {
+    # The importer counts the entries of tests/sanity/ignore-2.19.txt, whatever they
+    # say; every entry there carries its reason inline, and the count changes with them.
+    "WARNING: Ignore files skip ansible-test sanity tests, found ignore-2.19.txt with": (
+        "each ignore entry is justified inline in tests/sanity/ignore-2.19.txt"
+    ),
+}
 
 
 def _names(pattern: str, strip: int) -> List[str]:
@@ -86,7 +92,8 @@ def test_importer_reports_no_warning_or_error(imported: Dict[str, Any]) -> None:
     findings = [
         line
         for line in output.splitlines()
-        if line.startswith(("WARNING", "ERROR", "Traceback")) and line not in ACCEPTED
+        if line.startswith(("WARNING", "ERROR", "Traceback"))
+        and not line.startswith(tuple(ACCEPTED))
     ]
     assert not findings, "galaxy-importer:\n" + "\n".join(findings) + "\n\n" + output
     assert imported["returncode"] == 0, output
