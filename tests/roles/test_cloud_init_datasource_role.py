@@ -55,20 +55,6 @@ def apt_install(role: RoleBox, *args: str, timeout: float = 900):
     )
 
 
-@pytest.fixture(scope="module", name="installed_base")
-def _installed_base(tmp_path_factory) -> Path:
-    """A sandbox base in which Debian's cloud-init 22.4 was installed by apt, for real."""
-    base = tmp_path_factory.mktemp("cloud-init-installed") / "box"
-    deb = cloud_init_deb()
-    role = RoleBox(base, net=False)
-    try:
-        shutil.copy(deb, role.share)
-        apt_install(role, "install", str(role.share / deb.name)).check()
-    finally:
-        role.close()
-    return base
-
-
 def from_base(base: Path, target: Path, net: bool = True) -> RoleBox:
     """A new sandbox starting from a copy of ``base``'s uppers (xattrs and whiteouts kept)."""
     target.mkdir(parents=True)

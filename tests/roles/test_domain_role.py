@@ -40,25 +40,25 @@ FAKE_XL = """\
 echo "$*" >> {log}
 case "$1" in
 list)
-	if [ -e "/run/fake-xl/$2" ]; then
-		printf 'Name ID Mem VCPUs State Time(s)\\n%s 7 1024 1 -b---- 1.0\\n' "$2"
-		exit 0
-	fi
-	echo "$2 is an invalid domain identifier (rc=-6)" >&2
-	exit 1
-	;;
+    if [ -e "/run/fake-xl/$2" ]; then
+        printf 'Name ID Mem VCPUs State Time(s)\\n%s 7 1024 1 -b---- 1.0\\n' "$2"
+        exit 0
+    fi
+    echo "$2 is an invalid domain identifier (rc=-6)" >&2
+    exit 1
+    ;;
 create)
-	name=$(sed -n 's/^name *= *"\\(.*\\)"$/\\1/p' "$2")
-	socket=$(sed -n 's/.*path=\\([^,"]*\\.sock\\).*/\\1/p' "$2")
-	[ -n "$name" ] && [ -n "$socket" ] || {{ echo "fake xl: no name or socket in $2" >&2; exit 1; }}
-	mkdir -p /run/fake-xl
-	touch "/run/fake-xl/$name"
-	if [ "{report}" != absent ]; then
-		/usr/bin/python3 -I {guest} --socket "$socket" --report {report} \\
-			--timeout 120 --linger 600 >"/var/log/fake-xl-$name.log" 2>&1 </dev/null &
-	fi
-	exit 0
-	;;
+    name=$(sed -n 's/^name *= *"\\(.*\\)"$/\\1/p' "$2")
+    socket=$(sed -n 's/.*path=\\([^,"]*\\.sock\\).*/\\1/p' "$2")
+    [ -n "$name" ] && [ -n "$socket" ] || {{ echo "fake xl: no name or socket in $2" >&2; exit 1; }}
+    mkdir -p /run/fake-xl
+    touch "/run/fake-xl/$name"
+    if [ "{report}" != absent ]; then
+        /usr/bin/python3 -I {guest} --socket "$socket" --report {report} \\
+            --timeout 120 --linger 600 >"/var/log/fake-xl-$name.log" 2>&1 </dev/null &
+    fi
+    exit 0
+    ;;
 esac
 echo "fake xl: $1 is not simulated" >&2
 exit 2

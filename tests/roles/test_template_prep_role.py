@@ -11,12 +11,7 @@ from typing import List
 import pytest
 import yaml
 
-from tests.roles.test_cloud_init_datasource_role import (  # noqa: F401 - a fixture
-    CFG,
-    _installed_base,
-    from_base,
-    snapshot,
-)
+from tests.roles.test_cloud_init_datasource_role import CFG, from_base, snapshot
 from tests.roles.test_guest_role import REPO, SLOW, RoleBox
 
 PREP = {"role": "xenchannel.provision.template_prep"}
