@@ -40,7 +40,8 @@ from xenchannel.simulator import SimulatorOptions, SimulatorThread
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(REPO, ".cache", "demo")
-APT_ARCHIVES = os.path.join(REPO, ".cache", "apt-archives")
+# The same download cache as the role tests (tests/roles/test_guest_role.py).
+APT_ARCHIVES = os.path.join(REPO, ".cache", "role-tests", "apt-archives")
 CLOUD_INIT_DEBS = os.path.join(REPO, ".cache", "cloud-init", "22.4")
 INVENTORY = os.path.join(REPO, "demo", "inventory.yml")
 STEPS = 6
