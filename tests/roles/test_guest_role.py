@@ -238,6 +238,15 @@ def test_guest_role_converges_idempotently_with_real_effects(rolebox) -> None:
     for unit in GETTYS:
         assert islink_to(box, unit, "/dev/null"), unit
     assert not box.exists("/etc/systemd/system/serial-getty@hvc0.service")
+    # A clone's SSH host keys: the unit as shipped, wanted by ssh.service.
+    keys_unit = "/etc/systemd/system/xenchannel-ssh-host-keys.service"
+    assert (
+        box.read(keys_unit)
+        == (REPO / "runtime/systemd/xenchannel-ssh-host-keys.service").read_text()
+    )
+    assert islink_to(
+        box, "/etc/systemd/system/ssh.service.wants/xenchannel-ssh-host-keys.service", keys_unit
+    )
 
     second = role.play([GUEST]).check()
     assert second.changed == 0, second.output
