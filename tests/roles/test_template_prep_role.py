@@ -29,7 +29,7 @@ REMOVED = {
     "/root/.bash_history": "secret command\n",
     "/home/alice/.bash_history": "ls\n",
     "/var/log/syslog.1": "old\n",
-    "/var/log/journal/0123/system.journal": "journal\n",
+    "/var/log/journal/0123/system@0005f-0001.journal": "archived journal\n",
     "/var/lib/cloud/instances/i-template/obj.pkl": "pickle\n",
     "/var/lib/cloud/seed/nocloud/meta-data": "instance-id: template\n",
     "/var/log/cloud-init.log": "boot of the template\n",
@@ -39,7 +39,12 @@ TRUNCATED = {
     "/var/log/test-service.log": "log line\n",
     "/var/log/wtmp": "login record\n",
 }
-KEPT = {"/etc/hostname": "template\n", "/root/.ssh/authorized_keys": "ssh-ed25519 AAAA admin\n"}
+KEPT = {
+    "/etc/hostname": "template\n",
+    "/root/.ssh/authorized_keys": "ssh-ed25519 AAAA admin\n",
+    # The active journal: journald would recreate it at once, so the role never settled.
+    "/var/log/journal/0123/system.journal": "journal\n",
+}
 
 
 def listed(path: str) -> str:

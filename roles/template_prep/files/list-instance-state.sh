@@ -58,9 +58,10 @@ for home in /root /home/*; do
     emit_found remove "$home" -maxdepth 1 -type f \
         \( -name .bash_history -o -name .python_history -o -name .lesshst -o -name .viminfo \)
 done
-# Logs: journal files and rotated logs go, current logs are emptied in place (daemons
+# Logs: archived journal files (user@..., system@...) and rotated logs go; the active
+# journal stays, since journald recreates it at once; current logs are emptied in place (daemons
 # keep them open), login records too.
-emit_found remove /var/log/journal -type f \( -name '*.journal' -o -name '*.journal~' \)
+emit_found remove /var/log/journal -type f \( -name '*@*.journal' -o -name '*.journal~' \)
 emit_found remove /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \)
 if [ "$cloud_init" = 1 ]; then
     emit_found truncate /var/log -type f -size +0 -name '*.log' ! -name 'cloud-init*.log'
