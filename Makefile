@@ -63,6 +63,12 @@ pytest: $(STAMP) system
 ansible-test: $(STAMP) system
 	$(BIN)/python tests/ansible-test/run.py
 
+# The molecule scenarios (issue 6) on Debian containers built here, in a private Docker
+# engine (docs/molecule.md). `make test` runs them too, through tests/molecule/.
+.PHONY: molecule
+molecule: $(STAMP)
+	sh tests/molecule/run.sh
+
 test: lint typecheck pytest ansible-test
 
 bench: $(STAMP) system
