@@ -15,6 +15,7 @@ from typing import Dict, Tuple
 import pytest
 import yaml
 
+from tests.datasource import test_ds_identify as ds_identify_test
 from tests.roles.test_guest_role import CLEAN_ENV, REPO, SLOW, RoleBox, islink_to
 
 DEB_DIR = REPO / ".cache" / "cloud-init" / "22.4"
@@ -111,6 +112,17 @@ def test_datasource_role_on_debian_cloud_init(installed_base: Path, tmp_path: Pa
         schema = box.run(["cloud-init", "schema", "--config-file", CFG], env=CLEAN_ENV).check()
         assert "Valid cloud-config" in schema.stdout, schema
         box.run(["sh", "-n", DS_IDENTIFY], env=CLEAN_ENV).check()
+        # What the role wrote, read by the edited ds-identify as at boot (a fake root on a
+        # Xen guest with the channel's link): it must keep cloud-init enabled and put
+        # XenChannel first. ds-identify reads datasource_list only in its one-line form.
+        fake = tmp_path / "ds-identify"
+        root = ds_identify_test.make_root(str(fake), "22.4", virt="xen")
+        Path(root, "usr/lib/cloud-init/ds-identify").write_text(box.read(DS_IDENTIFY))
+        Path(root, "etc/cloud/cloud.cfg.d/90-xenchannel.cfg").write_text(box.read(CFG))
+        ds_identify_test.touch_link(root, "xen-channel")
+        rc, written, log = ds_identify_test.run(str(fake), root)
+        assert rc == 0, log
+        assert "datasource_list: [ XenChannel, None ]" in written, (written, log)
 
         second = role.play([DATASOURCE]).check()
         assert second.changed == 0, second.output
