@@ -63,6 +63,8 @@ def test_reports_applied(stack: Stack, tmp_path) -> None:
     status = stack.wait_state("vm1", lambda s: bool(s.get("status")))["status"]
     assert status["state"] == "applied"
     assert status["instance_id"] == "iid-vm1"
+    # The marker the in-guest agent waits for before it takes the device for good.
+    assert os.path.exists(os.path.join(root, "run/xenchannel/report-status.done"))
 
 
 def test_reports_failed_with_the_errors(stack: Stack, tmp_path) -> None:
@@ -84,6 +86,8 @@ def test_other_datasource_reports_nothing(tmp_path) -> None:
 def test_missing_result_is_an_error(tmp_path) -> None:
     rc, out = run(str(tmp_path))
     assert rc == 2 and "has cloud-final run?" in out
+    # Done all the same: the agent must not wait for a report that will never come.
+    assert os.path.exists(os.path.join(str(tmp_path), "run/xenchannel/report-status.done"))
 
 
 def test_silent_dom0_is_bounded(stack: Stack, tmp_path) -> None:
@@ -93,3 +97,4 @@ def test_silent_dom0_is_bounded(stack: Stack, tmp_path) -> None:
     rc, out = run(root, "--timeout", "1")
     assert rc == 1 and ("could not report" in out or "did not acknowledge" in out), out
     assert time.monotonic() - start < 15
+    assert os.path.exists(os.path.join(root, "run/xenchannel/report-status.done"))

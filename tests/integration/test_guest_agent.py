@@ -760,6 +760,35 @@ def test_beside_cloud_init_applies_nothing_and_serves_queries(stack: Stack, tmp_
     assert read(f"{root}/etc/hostname") == "web1\n"
 
 
+def test_beside_cloud_init_waits_for_report_status_before_taking_the_device(
+    stack: Stack, tmp_path: Any
+) -> None:
+    """xenchannel-report-status sends cloud-init's result after cloud-final; the agent
+    takes the device for good only once it is done (its marker), never before."""
+    stack.add_domain("ga-report", bundle("iid-report"))
+    root = make_root(tmp_path)
+    write(f"{root}/usr/bin/cloud-init", '#!/bin/sh\necho \'{"status": "done"}\'\n', 0o755)
+    write(f"{root}/run/cloud-init/result.json", "{}\n")
+    write(f"{root}/usr/lib/xenchannel/xenchannel-report-status", "#!/bin/sh\n", 0o755)
+    agent = Serving(stack, "ga-report", root)
+    try:
+        agent.wait_log("waiting for xenchannel-report-status")
+        time.sleep(1.5)
+        assert "queries: answering" not in agent.log()
+        # The device is still free: the report gets through.
+        client = subprocess.run(
+            [sys.executable, "-m", "xenchannel.guest", "--device", stack.domains["ga-report"].link,
+             "status", "applied", "--instance-id", "iid-report"],
+            capture_output=True, text=True, timeout=60, env=runtime_env(), check=False,
+        )  # fmt: skip
+        assert client.returncode == 0, client.stderr
+        write(f"{root}/run/xenchannel/report-status.done", "")
+        agent.wait_log("queries: answering")
+    finally:
+        agent.stop()
+    status_of(stack, "ga-report", "applied")
+
+
 # ---------------------------------------------------------------- deployment shapes
 
 

@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from xenchannel import __version__
 from xenchannel.protocol import Bundle, ChannelError
 
+from . import REPORT_STATUS_DONE, REPORT_STATUS_PROGRAM
 from .apply import ApplyError, Step, commit, under, write_file
 from .apply import hostname as hostname_step
 from .apply import keys as keys_step
@@ -238,11 +239,27 @@ class Agent:
                     "cloud-init: not finished after %g s; taking the device anyway",
                     self.args.cloud_init_wait,
                 )
+        self._wait_for_report_status(deadline)
         client = self._open()
         if client is None:
             return 1
         with client:
             return self._serve(client, 0)
+
+    def _wait_for_report_status(self, deadline: float) -> None:
+        """Let xenchannel-report-status send cloud-init's result before we take the device
+        (REPORT_STATUS_DONE says why this is not unit ordering).  Bounded by ``deadline``."""
+        if not os.path.exists(under(self.root, REPORT_STATUS_PROGRAM)):
+            return
+        done = under(self.root, REPORT_STATUS_DONE)
+        if os.path.exists(done):
+            return
+        LOG.info("cloud-init: waiting for xenchannel-report-status to report to dom0")
+        with self.stopper.interruptible():
+            while not os.path.exists(done) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        if not os.path.exists(done):
+            LOG.warning("xenchannel-report-status has not run; taking the device anyway")
 
     # ------------------------------------------------------------------ apply
 
