@@ -132,7 +132,9 @@ def test_filter_and_lookup_pages_exist(site: str) -> None:
     plugins = [
         (f"{name}_filter.html", path) for name, path in _plugins("plugins/filter/*.yml", ".yml")
     ] + [(f"{name}_lookup.html", path) for name, path in _plugins("plugins/lookup/*.py", ".py")]
-    missing = [page for page, _ in plugins if not os.path.exists(os.path.join(site, PAGES, page))]
+    missing = [
+        page for page, _plugin in plugins if not os.path.exists(os.path.join(site, PAGES, page))
+    ]
     assert not missing, f"no page for {missing}"
 
 

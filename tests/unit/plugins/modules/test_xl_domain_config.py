@@ -138,7 +138,7 @@ def test_template_uuid_is_dropped_without_the_uuid_option(
 ) -> None:
     path = str(tmp_path / "web2.cfg")
     options = {key: value for key, value in CLONE.items() if key != "uuid"}
-    run(**dict(options, path=path, template=template, name="web2"))
+    run(**{**options, "path": path, "template": template, "name": "web2"})
     expected = {k: v for k, v in CLONE_MEANS.items() if k != "uuid"}
     xl_means(read(path), dict(expected, name="web2"))
     assert "11111111" not in read(path)
@@ -178,7 +178,7 @@ def test_from_scratch_then_edit_in_place(tmp_path: Any, xl_means: Any) -> None:
     os.chmod(path, 0o640)
     hand = read(path)
     assert run(path=str(path), **options)["changed"] is False
-    result = run(**dict(options, path=str(path), memory=2048, backup=True))
+    result = run(**{**options, "path": str(path), "memory": 2048, "backup": True})
     assert result["changed"] is True
     assert read(path) == hand.replace("memory = 1024", "memory = 2048")
     assert read(result["backup_file"]) == hand
@@ -197,7 +197,7 @@ def test_check_mode_and_diff(tmp_path: Any, template: str) -> None:
     assert result["diff"]["after"] == CLONE_TEXT
     real = run(path=str(path), template=template, _ansible_diff=True, **CLONE)
     assert real["diff"] == result["diff"]
-    bigger = dict(CLONE, vcpus=4)
+    bigger = {**CLONE, "vcpus": 4}
     check = run(path=str(path), _ansible_check_mode=True, _ansible_diff=True, **bigger)
     assert check["changed"] is True
     assert check["diff"]["after"] == CLONE_TEXT.replace("vcpus = 2", "vcpus = 4")
@@ -256,10 +256,10 @@ def test_restart_required(tmp_path: Any, template: str, no_xl: str) -> None:
     # A comment alone changes the file but not what xl reads.
     with open(path, "a") as handle:
         handle.write("# note\n")
-    result = run(**dict(CLONE, path=path, vcpus=3))
+    result = run(**{**CLONE, "path": path, "vcpus": 3})
     assert (result["changed"], result["running"], result["restart_required"]) == (True, True, True)
     fake_xl(no_xl, running=False)
-    result = run(**dict(CLONE, path=path, vcpus=4))
+    result = run(**{**CLONE, "path": path, "vcpus": 4})
     assert (result["running"], result["restart_required"]) == (False, False)
 
 
