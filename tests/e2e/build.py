@@ -1,0 +1,856 @@
+"""Build what the real-Xen end-to-end harness boots, from Debian trixie packages, cached.
+
+Usage (root; the host stays untouched, every chroot runs in a private mount namespace)::
+
+    .venv/bin/python tests/e2e/build.py            # every step, reusing what is unchanged
+    .venv/bin/python tests/e2e/build.py dom0root   # one step (and what it depends on)
+    .venv/bin/python tests/e2e/build.py --list     # the steps, their keys and whether cached
+
+Each step's output lives in ``.cache/e2e/<step>/`` beside a ``<step>.key`` stamp. The key is
+a hash of the step's own source text, its parameters (suite, package lists, mirror), the
+files it reads from ``tests/e2e/files/`` and the keys of the steps it builds on, so a
+rerun with unchanged inputs costs only the hashing, and a change rebuilds that step and
+everything after it. A step is built in ``<step>.tmp`` and renamed into place, so an
+interrupted build never leaves a half-made output that looks finished. Downloaded .debs
+are kept in ``.cache/e2e/debs`` (debootstrap's and apt's caches point there), so a rebuild
+downloads nothing that did not change in the archive.
+
+Steps (docs/e2e.md has the timings):
+
+hostroot   trixie minbase chroot with QEMU 10 (qemu-system-x86); Debian bookworm's QEMU
+           is 7.2, and the host must stay as it is.
+kernel     the trixie kernel package, unpacked: vmlinuz and its modules (the same kernel
+           for dom0 and the guest; HVC_XEN is built in).
+dom0root   trixie root with the Xen 4.20 hypervisor, xl, xenstored, qemu-system-xen,
+           python3; plus the hypervisor itself, gunzipped (QEMU's -kernel loads only an
+           uncompressed multiboot image).
+guestroot  trixie root with systemd, udev, cloud-init, xenstore-utils, openssh-server: what
+           a template carries before the collection touches it.
+initrds    two small busybox initramfs images that load the block driver and ext4 and
+           switch to the real root: virtio_blk for dom0 (a QEMU disk), xen-blkfront for
+           the guest (a Xen PV disk).
+guestprov  the guest root with the collection's template playbook applied through a chroot
+           connection (guest + cloud_init_datasource roles, then template_prep).
+guestimage guestprov packed into an ext4 image with mke2fs -d (no loop mount), plus the
+           harness's probe (files/guest-report, run at the guest's shutdown) added with
+           debugfs.
+dom0prov   the dom0 root with the dom0_agent role and the domain role for each VM of
+           files/dom0-vars.json applied the same way (domain_start false: the VMs are
+           created at boot).
+dom0image  dom0prov packed likewise, plus the harness's init and the guest's kernel and
+           initramfs (added with debugfs, so changing them does not rerun the roles).
+"""
+
+import argparse
+import ast
+import fcntl
+import gzip
+import hashlib
+import inspect
+import json
+import lzma
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+
+from tests import ansible_run  # noqa: E402
+
+CACHE = os.environ.get("XENCHANNEL_E2E_CACHE", os.path.join(ROOT, ".cache", "e2e"))
+FILES = os.path.join(HERE, "files")
+DEBS = os.path.join(CACHE, "debs")
+# For debugging the boot flow while roles/ or runtime/ change under one's feet: the steps
+# named here (comma-separated, e.g. guestimage,dom0prov) reuse an existing output even
+# when their inputs changed, and say so loudly. Never in CI.
+STALE_OK = set(filter(None, os.environ.get("XENCHANNEL_E2E_STALE_OK", "").split(",")))
+SUITE = "trixie"
+MIRROR = os.environ.get("XENCHANNEL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# bookworm's debian-archive-keyring carries trixie's keys as well.
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+HOST_PACKAGES = ["qemu-system-x86", "busybox-static", "zstd", "xz-utils", "kmod", "e2fsprogs"]
+DOM0_PACKAGES = [
+    "xen-hypervisor-4.20-amd64",
+    "xen-utils-4.20",
+    "xenstore-utils",
+    "qemu-system-xen",
+    "kmod",
+    "udev",
+    "iproute2",
+    "procps",
+    "python3",
+    "e2fsprogs",
+]
+GUEST_PACKAGES = [
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "cloud-init",
+    "xenstore-utils",
+    "openssh-server",
+    "ifupdown",
+    "procps",
+    "python3",
+    "python3-apt",
+    "kmod",
+    # cloud-init's resizefs module runs resize2fs on the root at every first boot.
+    "e2fsprogs",
+]
+XEN_MODULES = ["xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd"]
+# ext4 asks the crypto API for crc32c at mount time; nothing in modules.dep says so.
+DOM0_INITRD_MODULES = ["virtio_blk", "crc32c_generic", "ext4"]
+GUEST_INITRD_MODULES = ["xen-blkfront", "crc32c_generic", "ext4"]
+
+
+def log(msg: str) -> None:
+    print(f"e2e/build: {msg}", file=sys.stderr, flush=True)
+
+
+class BuildError(Exception):
+    """A build step could not finish; the message names the step and the fix."""
+
+
+def run(argv: Sequence[str], what: str, timeout: float = 1800, **kw) -> str:
+    """Run argv; on failure raise BuildError naming what was attempted, with output's tail."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+            **kw,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(
+            f"{what} took longer than {timeout:.0f} s; rerun, or look at the mirror"
+        ) from exc
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-25:])
+        raise BuildError(f"{what} failed (rc {proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+def in_root(root: str, argv: Sequence[str], what: str, binds: Sequence[tuple] = (), **kw) -> str:
+    """Run argv chrooted into root, in a private mount namespace with /proc, /sys, /dev and
+    the .deb cache mounted, so nothing is left mounted on the host even when killed."""
+    mounts = [
+        f'mount -t proc proc "{root}/proc"',
+        f'mount -t sysfs sysfs "{root}/sys"',
+        f'mount --rbind /dev "{root}/dev"',
+        f'mkdir -p "{root}/var/cache/apt/archives" && '
+        f'mount --bind "{DEBS}" "{root}/var/cache/apt/archives"',
+        # apt needs the build host's resolver; the root keeps its own (empty) file.
+        f'touch "{root}/etc/resolv.conf" && mount --bind /etc/resolv.conf "{root}/etc/resolv.conf"',
+    ]
+    for src, dst in binds:
+        mounts.append(f'mkdir -p "{root}{dst}" && mount --bind "{src}" "{root}{dst}"')
+    script = " && ".join(mounts) + f' && exec chroot "{root}" "$@"'
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
+    env.pop("PYTHONPATH", None)
+    return run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv],
+        what,
+        env=env,
+        **kw,
+    )
+
+
+def debootstrap(root: str, packages: Sequence[str], name: str) -> None:
+    """A trixie minbase root with packages installed by apt (not by debootstrap --include,
+    which resolves neither virtual packages nor alternatives: cloud-init's dependencies
+    fail that way)."""
+    os.makedirs(os.path.join(DEBS, "partial"), exist_ok=True)
+    t = time.monotonic()
+    run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--cache-dir={DEBS}",
+            f"--keyring={KEYRING}",
+            SUITE,
+            root,
+            MIRROR,
+        ],
+        f"debootstrap {SUITE} for {name}",
+    )
+    log(f"  {name}: debootstrap {SUITE} minbase {time.monotonic() - t:.1f} s")
+    # Daemons must not start inside a build root; invoke-rc.d asks policy-rc.d first.
+    policy = os.path.join(root, "usr/sbin/policy-rc.d")
+    with open(policy, "w") as f:
+        f.write("#!/bin/sh\nexit 101\n")
+    os.chmod(policy, 0o755)
+    t = time.monotonic()
+    in_root(root, ["apt-get", "update", "-q"], f"apt-get update in {name}")
+    in_root(
+        root,
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+        f"installing {' '.join(packages)} into {name}",
+    )
+    log(f"  {name}: apt-get install {len(packages)} packages {time.monotonic() - t:.1f} s")
+    os.unlink(policy)
+    # debootstrap copied the build host's resolver, which means nothing in the VM.
+    open(os.path.join(root, "etc/resolv.conf"), "w").close()
+
+
+def kernel_version(kernel_dir: str) -> str:
+    (version,) = os.listdir(os.path.join(kernel_dir, "x/usr/lib/modules"))
+    return version
+
+
+def copy_modules(kernel_dir: str, root: str) -> None:
+    """Put the kernel's modules into a root (dom0 and guest load xen modules at boot)."""
+    version = kernel_version(kernel_dir)
+    dst = os.path.join(root, "usr/lib/modules", version)
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(os.path.join(kernel_dir, "x/usr/lib/modules", version), dst, symlinks=True)
+    in_root(root, ["depmod", version], "depmod in the root")
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class Step(NamedTuple):
+    name: str
+    deps: Sequence[str]
+    files: Sequence[str]
+    params: object
+    helpers: Sequence[Callable]
+    build: Callable[[str, Dict[str, str]], None]
+
+
+STEPS: Dict[str, Step] = {}
+
+
+def step(
+    name: str,
+    deps: Sequence[str] = (),
+    files: Sequence[str] = (),
+    params: object = None,
+    helpers: Sequence[Callable] = (),
+):
+    """Register a build step. Its key covers the function, the helpers it names, params,
+    files (under tests/e2e/files) and the keys of deps."""
+
+    def register(fn: Callable[[str, Dict[str, str]], None]):
+        STEPS[name] = Step(name, tuple(deps), tuple(files), params, tuple(helpers), fn)
+        return fn
+
+    return register
+
+
+@step("hostroot", params=(SUITE, MIRROR, HOST_PACKAGES), helpers=[debootstrap])
+def build_hostroot(out: str, deps: Dict[str, str]) -> None:
+    debootstrap(out, HOST_PACKAGES, "hostroot")
+    version = in_root(out, ["qemu-system-x86_64", "--version"], "qemu --version").splitlines()[0]
+    log(f"  hostroot: {version}")
+
+
+@step("kernel", deps=["hostroot"], params=(SUITE,))
+def build_kernel(out: str, deps: Dict[str, str]) -> None:
+    host = deps["hostroot"]
+    # linux-image-amd64 is the metapackage; its Depends names the versioned image.
+    depends = in_root(host, ["apt-cache", "depends", "linux-image-amd64"], "apt-cache depends")
+    pkg = next(
+        line.split()[1]
+        for line in depends.splitlines()
+        if line.strip().startswith("Depends: linux-image-") and "amd64" in line
+    )
+    in_root(
+        host,
+        ["sh", "-c", f"cd /var/cache/apt/archives && apt-get download -q {pkg}"],
+        f"apt-get download {pkg}",
+    )
+    (deb,) = [f for f in os.listdir(DEBS) if f.startswith(pkg + "_") and f.endswith(".deb")]
+    run(["dpkg-deb", "-x", os.path.join(DEBS, deb), os.path.join(out, "x")], f"unpacking {deb}")
+    # The package leaves modules.dep to its postinst; depmod wants <base>/lib/modules.
+    os.symlink("usr/lib", os.path.join(out, "x/lib"))
+    in_root(
+        host,
+        ["depmod", "-b", "/mnt/kernel", kernel_version(out)],
+        "depmod of the kernel's modules",
+        binds=[(os.path.join(out, "x"), "/mnt/kernel")],
+    )
+    (vmlinuz,) = [f for f in os.listdir(os.path.join(out, "x/boot")) if f.startswith("vmlinuz-")]
+    shutil.copyfile(os.path.join(out, "x/boot", vmlinuz), os.path.join(out, "vmlinuz"))
+    log(f"  kernel: {pkg} ({kernel_version(out)})")
+
+
+@step(
+    "dom0root",
+    deps=["kernel"],
+    params=(SUITE, MIRROR, DOM0_PACKAGES),
+    helpers=[debootstrap, copy_modules],
+)
+def build_dom0root(out: str, deps: Dict[str, str]) -> None:
+    root = os.path.join(out, "root")
+    debootstrap(root, DOM0_PACKAGES, "dom0root")
+    copy_modules(deps["kernel"], root)
+    (xen,) = [f for f in os.listdir(os.path.join(root, "boot")) if re.match(r"xen-4\.20.*\.gz$", f)]
+    # QEMU's multiboot loader takes only an uncompressed image.
+    with gzip.open(os.path.join(root, "boot", xen)) as src, open(
+        os.path.join(out, "xen"), "wb"
+    ) as dst:
+        shutil.copyfileobj(src, dst)
+    log(f"  dom0root: hypervisor {xen}")
+
+
+@step(
+    "guestroot",
+    deps=["kernel"],
+    params=(SUITE, MIRROR, GUEST_PACKAGES),
+    helpers=[debootstrap, copy_modules],
+)
+def build_guestroot(out: str, deps: Dict[str, str]) -> None:
+    root = os.path.join(out, "root")
+    debootstrap(root, GUEST_PACKAGES, "guestroot")
+    copy_modules(deps["kernel"], root)
+    with open(os.path.join(root, "etc/fstab"), "w") as f:
+        f.write("/dev/xvda / ext4 rw,errors=remount-ro 0 1\n")
+    # A template ships no machine-id (template_prep empties it too); systemd makes one.
+    open(os.path.join(root, "etc/machine-id"), "w").close()
+    version = in_root(root, ["cloud-init", "--version"], "cloud-init --version").strip()
+    log(f"  guestroot: {version}")
+
+
+def module_closure(moddir: str, names: Sequence[str]) -> List[str]:
+    """Relative paths of the modules names need, dependencies first (from modules.dep)."""
+    deps: Dict[str, List[str]] = {}
+    by_name: Dict[str, str] = {}
+    with open(os.path.join(moddir, "modules.dep")) as f:
+        for line in f:
+            path, _colon, rest = line.partition(":")
+            deps[path] = rest.split()
+            base = os.path.basename(path).split(".ko")[0]
+            by_name[base] = by_name[base.replace("-", "_")] = path
+    builtin = set()
+    with open(os.path.join(moddir, "modules.builtin")) as f:
+        for line in f:
+            builtin.add(os.path.basename(line.strip()).split(".ko")[0].replace("-", "_"))
+    order: List[str] = []
+
+    def visit(path: str) -> None:
+        if path in order:
+            return
+        for dep in reversed(deps[path]):
+            visit(dep)
+        order.append(path)
+
+    for name in names:
+        if name.replace("-", "_") in builtin:
+            continue
+        if name not in by_name:
+            raise BuildError(f"module {name} is neither built in nor in {moddir}/modules.dep")
+        visit(by_name[name])
+    return order
+
+
+def write_newc(top: str, dest: str) -> None:
+    """A gzipped cpio (newc) archive of the tree under top, the kernel's initramfs format."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            entries.append(os.path.join(dirpath, name))
+    with gzip.open(dest, "wb", compresslevel=1) as out:
+        ino = 1
+
+        def header(name: str, mode: int, size: int) -> None:
+            nonlocal ino
+            fields = [ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(name) + 1, 0]
+            out.write(b"070701" + b"".join(b"%08X" % v for v in fields))
+            out.write(name.encode() + b"\0")
+            out.write(b"\0" * ((-(110 + len(name) + 1)) % 4))
+            ino += 1
+
+        for path in entries:
+            rel = os.path.relpath(path, top)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                data = os.readlink(path).encode()
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    data = f.read()
+            else:
+                data = b""
+            header(rel, st.st_mode, len(data))
+            out.write(data + b"\0" * ((-len(data)) % 4))
+        header("TRAILER!!!", 0, 0)
+
+
+def make_initrd(host: str, kernel: str, modules: Sequence[str], init: str, dest: str) -> List[str]:
+    version = kernel_version(kernel)
+    moddir = os.path.join(kernel, "x/usr/lib/modules", version)
+    work = dest + ".d"
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "bin"))
+    os.makedirs(os.path.join(work, "modules"))
+    for d in ("proc", "sys", "dev", "newroot"):
+        os.makedirs(os.path.join(work, d))
+    shutil.copyfile(os.path.join(host, "usr/bin/busybox"), os.path.join(work, "bin/busybox"))
+    os.chmod(os.path.join(work, "bin/busybox"), 0o755)
+    shutil.copyfile(init, os.path.join(work, "init"))
+    os.chmod(os.path.join(work, "init"), 0o755)
+    order = module_closure(moddir, modules)
+    # insmod in this order needs no depmod and no modprobe inside the initramfs.
+    with open(os.path.join(work, "modules/order"), "w") as f:
+        for i, rel in enumerate(order):
+            src = os.path.join(moddir, rel)
+            name = f"{i:02d}-{os.path.basename(rel).split('.ko')[0]}.ko"
+            with open(src, "rb") as mod:
+                data = mod.read()
+            if rel.endswith(".xz"):
+                data = lzma.decompress(data)
+            elif rel.endswith(".zst"):
+                data = subprocess.run(
+                    ["zstd", "-dc"], input=data, stdout=subprocess.PIPE, check=True
+                ).stdout
+            with open(os.path.join(work, "modules", name), "wb") as m:
+                m.write(data)
+            f.write(name + "\n")
+    write_newc(work, dest)
+    shutil.rmtree(work)
+    return [os.path.basename(r).split(".ko")[0] for r in order]
+
+
+@step(
+    "initrds",
+    deps=["hostroot", "kernel"],
+    files=["initrd-init"],
+    params=(DOM0_INITRD_MODULES, GUEST_INITRD_MODULES),
+    helpers=[module_closure, write_newc, make_initrd],
+)
+def build_initrds(out: str, deps: Dict[str, str]) -> None:
+    init = os.path.join(FILES, "initrd-init")
+    for name, modules in (("dom0", DOM0_INITRD_MODULES), ("guest", GUEST_INITRD_MODULES)):
+        loaded = make_initrd(
+            os.path.join(deps["hostroot"]),
+            deps["kernel"],
+            modules,
+            init,
+            os.path.join(out, f"{name}-initrd.gz"),
+        )
+        log(f"  initrds: {name}: {' '.join(loaded)}")
+
+
+# --------------------------------------------------------------------------- Ansible
+
+# Galaxy is unreachable; the PyPI package `ansible` bundles community.general, whose chroot
+# connection applies the roles to a root at build time. Only that collection is unpacked,
+# into .cache/e2e/collections and never into .venv: the roles themselves may use only
+# ansible.builtin and this collection, and a venv holding all of `ansible` would hide one
+# that strays.
+ANSIBLE_BUNDLE = "ansible==12.3.0"
+# Trees whose content the provisioned images depend on.
+COLLECTION_INPUTS = ("roles", "runtime", "datasource", "plugins", "playbooks", "meta", "galaxy.yml")
+
+
+def tree_hash(paths: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for top in paths:
+        full = os.path.join(ROOT, top)
+        walk = [(full, [], [""])] if os.path.isfile(full) else os.walk(full)
+        for dirpath, dirnames, filenames in walk:
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name) if name else dirpath
+                if path.endswith(".pyc"):
+                    continue
+                h.update(os.path.relpath(path, ROOT).encode() + b"\0")
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
+
+
+def community_general() -> str:
+    """A collections path holding community.general (for its chroot connection)."""
+    dest = os.path.join(CACHE, "collections")
+    stamp = os.path.join(dest, ".bundle")
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == ANSIBLE_BUNDLE:
+                return dest
+    except FileNotFoundError:
+        pass
+    wheels = os.path.join(CACHE, "wheels")
+    os.makedirs(wheels, exist_ok=True)
+    t = time.monotonic()
+    # The molecule setup may have downloaded the same wheel already.
+    run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "pip"),
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--find-links",
+            os.path.join(ROOT, ".cache", "molecule", "wheels"),
+            "-d",
+            wheels,
+            ANSIBLE_BUNDLE,
+        ],
+        f"pip download {ANSIBLE_BUNDLE}",
+    )
+    version = ANSIBLE_BUNDLE.split("==")[1]
+    wheel = os.path.join(wheels, f"ansible-{version}-py3-none-any.whl")
+    shutil.rmtree(dest, ignore_errors=True)
+    prefix = "ansible_collections/community/general/"
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(dest, [n for n in z.namelist() if n.startswith(prefix)])
+    with open(stamp, "w") as f:
+        f.write(ANSIBLE_BUNDLE + "\n")
+    log(f"  community.general from {ANSIBLE_BUNDLE} {time.monotonic() - t:.1f} s")
+    return dest
+
+
+def apply_playbook(root: str, group: str, playbook: str, extra_vars: dict, name: str) -> str:
+    """Run playbook against root through a chroot connection, as a user prepares an image.
+
+    ansible-playbook itself runs in a private mount namespace in which root has /proc,
+    /sys and /dev, so the chroot the connection enters looks like a booted system."""
+    work = os.path.join(os.path.dirname(root), "ansible")
+    os.makedirs(work, exist_ok=True)
+    inventory = {
+        "all": {
+            "children": {
+                group: {
+                    "hosts": {
+                        name: {
+                            "ansible_host": root,
+                            "ansible_connection": "community.general.chroot",
+                            "ansible_python_interpreter": "/usr/bin/python3",
+                        }
+                    }
+                }
+            }
+        }
+    }
+    with open(os.path.join(work, "inventory.json"), "w") as f:
+        json.dump(inventory, f)
+    with open(os.path.join(work, "vars.json"), "w") as f:
+        json.dump(extra_vars, f)
+    with ansible_run.collection_tree("xc-e2e-") as top:
+        env = ansible_run.playbook_env(top + os.pathsep + community_general(), work)
+        # Inside the root: the chroot connection creates it there, not on the host.
+        env["ANSIBLE_REMOTE_TEMP"] = "/tmp/.xc-e2e-ansible"
+        script = (
+            f'mount -t proc proc "{root}/proc" && mount -t sysfs sysfs "{root}/sys" && '
+            f'mount --rbind /dev "{root}/dev" && exec "$@"'
+        )
+        t = time.monotonic()
+        out = run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                ansible_run.PLAYBOOK,
+                "-i",
+                os.path.join(work, "inventory.json"),
+                "-e",
+                "@" + os.path.join(work, "vars.json"),
+                playbook,
+            ],
+            f"ansible-playbook {os.path.basename(playbook)} on {name}",
+            env=env,
+            cwd=work,
+        )
+    shutil.rmtree(os.path.join(root, "tmp/.xc-e2e-ansible"), ignore_errors=True)
+    with open(os.path.join(work, "play.log"), "w") as f:
+        f.write(out)
+    recap = [line for line in out.splitlines() if line.startswith(name + " ")]
+    took = time.monotonic() - t
+    log(f"  {name}: {os.path.basename(playbook)} {took:.1f} s: {recap[-1] if recap else ''}")
+    return out
+
+
+def pack(root: str, image: str, size: str, label: str) -> None:
+    t = time.monotonic()
+    run(["mke2fs", "-q", "-t", "ext4", "-L", label, "-d", root, image, size], f"mke2fs -d {image}")
+    log(f"  {label}: mke2fs -d {size} {time.monotonic() - t:.1f} s")
+
+
+def add_files(
+    image: str,
+    files: Dict[str, tuple],
+    mkdirs: Sequence[str] = (),
+    links: Optional[Dict[str, str]] = None,
+) -> None:
+    """Write {dest: (src, mode)} and symbolic links {link: target} into an ext4 image with
+    debugfs, owned by root, and check each one landed (debugfs follows no links in a
+    destination path and reports failures only as text)."""
+    commands = [f"mkdir {d}" for d in mkdirs]
+    for dest, (src, mode) in files.items():
+        commands += [f"rm {dest}", f"write {src} {dest}", f"sif {dest} mode {mode}"]
+        commands += [f"sif {dest} uid 0", f"sif {dest} gid 0"]
+    for link, target in (links or {}).items():
+        commands += [f"rm {link}", f"symlink {link} {target}"]
+    script = image + ".debugfs"
+    with open(script, "w") as f:
+        f.write("\n".join(commands) + "\n")
+    run(["debugfs", "-w", "-f", script, image], f"adding files to {image}")
+    os.unlink(script)
+    for dest in [*files, *(links or {})]:
+        listing = run(["debugfs", "-R", f"stat {dest}", image], f"checking {dest} in {image}")
+        kind = "symlink" if dest in (links or {}) else "regular"
+        if f"Type: {kind}" not in listing:
+            raise BuildError(f"debugfs did not write {dest} into {image}:\n{listing}")
+
+
+def copy_root(src: str, dst: str) -> None:
+    run(["cp", "-a", "--reflink=auto", src, dst], f"copying {src}")
+
+
+@step(
+    "guestprov",
+    deps=["guestroot"],
+    params=(tree_hash(COLLECTION_INPUTS), ANSIBLE_BUNDLE),
+    helpers=[apply_playbook, copy_root],
+)
+def build_guestprov(out: str, deps: Dict[str, str]) -> None:
+    root = os.path.join(out, "root")
+    copy_root(os.path.join(deps["guestroot"], "root"), root)
+    apply_playbook(
+        root,
+        "templates",
+        os.path.join(ROOT, "playbooks/template.yml"),
+        {"template_prep_confirm": True},
+        "template",
+    )
+
+
+@step(
+    "guestimage",
+    deps=["guestprov"],
+    files=["guest-report", "guest-report.service"],
+    helpers=[pack, add_files],
+)
+def build_guestimage(out: str, deps: Dict[str, str]) -> None:
+    image = os.path.join(out, "guest.img")
+    pack(os.path.join(deps["guestprov"], "root"), image, "3G", "guest")
+    # The harness's probe, not the collection's: added after the template playbook, the
+    # way a test instrument is clipped on, and enabled by its link.
+    unit = "/etc/systemd/system/xenchannel-e2e-report.service"
+    add_files(
+        image,
+        {
+            "/usr/local/sbin/xenchannel-e2e-report": (
+                os.path.join(FILES, "guest-report"),
+                "0100755",
+            ),
+            unit: (os.path.join(FILES, "guest-report.service"), "0100644"),
+        },
+        links={"/etc/systemd/system/sysinit.target.wants/xenchannel-e2e-report.service": unit},
+    )
+
+
+@step(
+    "dom0prov",
+    deps=["dom0root"],
+    files=["dom0-play.yml", "dom0-vars.json", "template.cfg"],
+    params=(tree_hash(COLLECTION_INPUTS), ANSIBLE_BUNDLE),
+    helpers=[apply_playbook, copy_root],
+)
+def build_dom0prov(out: str, deps: Dict[str, str]) -> None:
+    root = os.path.join(out, "root")
+    copy_root(os.path.join(deps["dom0root"], "root"), root)
+    os.makedirs(os.path.join(root, "etc/xen/templates"), exist_ok=True)
+    shutil.copyfile(
+        os.path.join(FILES, "template.cfg"), os.path.join(root, "etc/xen/templates/e2e.cfg")
+    )
+    with open(os.path.join(FILES, "dom0-vars.json")) as f:
+        extra_vars = json.load(f)
+    apply_playbook(root, "dom0", os.path.join(FILES, "dom0-play.yml"), extra_vars, "dom0")
+
+
+@step(
+    "dom0image",
+    deps=["dom0prov", "kernel", "initrds"],
+    files=["dom0-init"],
+    helpers=[pack, add_files],
+)
+def build_dom0image(out: str, deps: Dict[str, str]) -> None:
+    image = os.path.join(out, "dom0.img")
+    pack(os.path.join(deps["dom0prov"], "root"), image, "3G", "dom0")
+    # The harness's own files go in with debugfs, so that a change to them (or to the
+    # kernel) repacks the image without running the roles again.
+    extra = {
+        # /usr/sbin: /sbin is a link (merged /usr), and debugfs does not follow links.
+        "/usr/sbin/xenchannel-e2e-init": (os.path.join(FILES, "dom0-init"), "0100755"),
+        # What the VMs boot, by kernel=/ramdisk= in their xl configs (files/template.cfg).
+        "/var/lib/xenchannel-e2e/vmlinuz": (os.path.join(deps["kernel"], "vmlinuz"), "0100644"),
+        "/var/lib/xenchannel-e2e/guest-initrd.gz": (
+            os.path.join(deps["initrds"], "guest-initrd.gz"),
+            "0100644",
+        ),
+    }
+    add_files(image, extra, mkdirs=["/var/lib/xenchannel-e2e"])
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def source_hash(fn: Callable) -> str:
+    """The hash of what fn does: its syntax tree, so reformatting or a comment does not
+    rebuild a step (docstrings count; they are part of the tree)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def key_of(name: str, keys: Dict[str, str]) -> str:
+    s = STEPS[name]
+    h = hashlib.sha256()
+    for fn in (s.build, *s.helpers):
+        h.update(source_hash(fn).encode())
+    h.update(json.dumps(s.params, sort_keys=True).encode())
+    for f in s.files:
+        with open(os.path.join(FILES, f), "rb") as fh:
+            h.update(f.encode() + b"\0" + fh.read())
+    for d in s.deps:
+        h.update(d.encode() + keys[d].encode())
+    return h.hexdigest()[:16]
+
+
+def plan(targets: Sequence[str]) -> List[str]:
+    order: List[str] = []
+
+    def visit(n: str) -> None:
+        for d in STEPS[n].deps:
+            visit(d)
+        if n not in order:
+            order.append(n)
+
+    for t in targets:
+        visit(t)
+    return order
+
+
+def output(name: str) -> str:
+    return os.path.join(CACHE, name)
+
+
+def cached(name: str, key: str) -> bool:
+    try:
+        with open(output(name) + ".key") as f:
+            return f.read().strip() == key and os.path.isdir(output(name))
+    except FileNotFoundError:
+        return False
+
+
+def check_machine() -> None:
+    """Fail with the reason and the fix when this machine cannot build."""
+    if os.geteuid() != 0:
+        raise BuildError("building the e2e images needs root (debootstrap, chroot, unshare)")
+    for tool, fix in (
+        ("debootstrap", "apt-get install debootstrap"),
+        ("unshare", "apt-get install util-linux"),
+        ("mke2fs", "apt-get install e2fsprogs"),
+        ("dpkg-deb", "apt-get install dpkg"),
+    ):
+        if shutil.which(tool) is None:
+            raise BuildError(f"{tool} is missing; install it ({fix}) and rerun")
+    os.makedirs(CACHE, exist_ok=True)
+    free = shutil.disk_usage(CACHE).free
+    if free < 8 * 2**30:
+        raise BuildError(f"{CACHE} has {free / 2**30:.1f} GiB free; the e2e build needs 8 GiB")
+
+
+def build(targets: Sequence[str]) -> Dict[str, str]:
+    """Build targets and what they depend on; return each step's output directory."""
+    check_machine()
+    with open(os.path.join(CACHE, ".lock"), "w") as lock:
+        wait_for_lock(lock)
+        keys: Dict[str, str] = {}
+        outs: Dict[str, str] = {}
+        # Steps reused stale, and those built on them: never stamped with their real key.
+        stale: set = set()
+        for name in plan(targets):
+            key = keys[name] = key_of(name, keys)
+            deps = {d: outs[d] for d in STEPS[name].deps}
+            if stale.intersection(STEPS[name].deps):
+                stale.add(name)
+            if cached(name, key) and name not in stale:
+                log(f"{name}: cached ({key})")
+            elif name in STALE_OK and os.path.isdir(output(name)):
+                stale.add(name)
+                log(f"{name}: STALE, reused as XENCHANNEL_E2E_STALE_OK asks ({key} not built)")
+            else:
+                t = time.monotonic()
+                log(f"{name}: building ({key})")
+                tmp = output(name) + ".tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.makedirs(tmp)
+                STEPS[name].build(tmp, deps)
+                shutil.rmtree(output(name), ignore_errors=True)
+                os.rename(tmp, output(name))
+                with open(output(name) + ".key", "w") as f:
+                    # Built on a stale step: a later normal build must rebuild it.
+                    f.write(("stale-" if name in stale else "") + key + "\n")
+                log(f"{name}: built in {time.monotonic() - t:.1f} s")
+            outs[name] = output(name)
+    return outs
+
+
+def wait_for_lock(lock) -> None:
+    """One build at a time (bounded wait): two must not debootstrap into one root."""
+    t = time.monotonic()
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() - t > 1800:
+                raise BuildError(
+                    f"timed out after 30 minutes waiting for another e2e build ({CACHE}/.lock)"
+                ) from None
+            if time.monotonic() - t < 2.5:
+                log("another build holds the lock; waiting up to 30 minutes")
+            time.sleep(2)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument(
+        "steps", nargs="*", help=f"steps to build (default: all): {', '.join(STEPS)}"
+    )
+    parser.add_argument("--list", action="store_true", help="print the steps and their keys")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.steps if s not in STEPS]
+    if unknown:
+        parser.error(f"unknown step {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+    targets = args.steps or list(STEPS)
+    if args.list:
+        keys: Dict[str, str] = {}
+        for name in plan(targets):
+            keys[name] = key_of(name, keys)
+            state = "cached" if cached(name, keys[name]) else "to build"
+            print(f"{name:10} {keys[name]}  {state}")
+        return 0
+    t = time.monotonic()
+    try:
+        build(targets)
+    except BuildError as exc:
+        log(f"FAILED: {exc}")
+        return 1
+    log(f"done in {time.monotonic() - t:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
