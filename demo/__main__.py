@@ -365,16 +365,16 @@ def wait_applied(
 def show_results(guest: Running, agent: Running, vm: Dict[str, object]) -> None:
     print("\nWhat the clone ended up with:")
     hostname = checked(guest.run(["hostname"], env=CLEAN_ENV), "hostname").stdout.strip()
-    print(f"  {'hostname':<26} {hostname}")
+    print(f"  {'hostname':<30} {hostname}")
     for key in ("v1.platform", "v1.subplatform"):
         value = guest.run(["cloud-init", "query", key], env=CLEAN_ENV)
-        print(f"  {'cloud-init query ' + key:<26} {value.stdout.strip() or value.stderr.strip()}")
+        print(f"  {'cloud-init query ' + key:<30} {value.stdout.strip() or value.stderr.strip()}")
     status = guest.run(["cloud-init", "status", "--long"], env=CLEAN_ENV)
     for line in status.stdout.splitlines():
         if line.startswith("status:"):
-            print(f"  {'cloud-init status':<26} {line.split(':', 1)[1].strip()}")
+            print(f"  {'cloud-init status':<30} {line.split(':', 1)[1].strip()}")
         elif line.startswith("DataSource"):
-            print(f"  {'cloud-init datasource':<26} {line.strip()}")
+            print(f"  {'cloud-init datasource':<30} {line.strip()}")
     keys = guest.run(
         ["sh", "-c", 'for f in /home/*/.ssh/authorized_keys; do [ -f "$f" ] &&'
          ' sed "s|^|${f#/home/}: |" "$f"; done'],
@@ -382,7 +382,7 @@ def show_results(guest: Running, agent: Running, vm: Dict[str, object]) -> None:
     ).stdout  # fmt: skip
     for line in keys.splitlines():
         user, key = line.split(": ", 1)
-        print(f"  {'authorized key (' + user.split('/')[0] + ')':<26} {key[:60]}...")
+        print(f"  {'authorized key (' + user.split('/')[0] + ')':<30} {key[:60]}...")
     network = guest.run(
         ["sh", "-c", "for f in /etc/network/interfaces.d/* /etc/systemd/network/*cloud-init*;"
          " do [ -f \"$f\" ] && echo \"== $f\" && cat \"$f\"; done"],
@@ -392,7 +392,7 @@ def show_results(guest: Running, agent: Running, vm: Dict[str, object]) -> None:
     for line in network.splitlines():
         print(f"    {line}")
     motd = guest.run(["cat", "/etc/motd"], env=CLEAN_ENV).stdout.strip()
-    print(f"  {'/etc/motd (user-data)':<26} {motd}")
+    print(f"  {'/etc/motd (user-data)':<30} {motd}")
     xl = agent.run(["cat", f"/etc/xen/{vm['name']}.cfg"], env=CLEAN_ENV).stdout
     print(f"\nThe clone's xl config on dom0 (/etc/xen/{vm['name']}.cfg):")
     for line in xl.splitlines():

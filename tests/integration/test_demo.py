@@ -31,8 +31,8 @@ def test_demo_provisions_a_clone_end_to_end() -> None:
     assert ["cloud-init", "status", "done"] in lines, output
     assert ["cloud-init", "query", "v1.platform", "xen"] in lines, output
     assert ["cloud-init", "datasource", "DataSourceXenChannel"] in lines, output
-    assert "authorized key (debian)    ssh-ed25519 AAAAC3Nza" in run.stdout, output
+    assert any(line[:4] == ["authorized", "key", "(debian)", "ssh-ed25519"] for line in lines)
     assert "Address=192.0.2.10/24" in run.stdout, output
-    assert "/etc/motd (user-data)      provisioned over a Xen channel" in run.stdout, output
+    assert ["/etc/motd", "(user-data)", "provisioned", "over", "a", "Xen", "channel"] in lines
     status = [line for line in lines if line[:1] == ["web-01"]]
     assert status and status[-1][1:5] == ["yes", "v1", "yes", "applied"], output
