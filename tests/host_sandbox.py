@@ -48,6 +48,7 @@ import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OVERLAID = ("/etc", "/usr", "/var", "/opt", "/root", "/home", "/srv")
 FRESH_TMPFS = ("/run", "/tmp")
 HOSTNAME = "xc-sandbox"
@@ -293,6 +294,11 @@ class HostSandbox:
         self.hostname = hostname
         self.share = os.path.join(self.base, "share")
         pairs: List[Tuple[str, str]] = [(self.share, self.share)]
+        # The repository (its venv runs ansible-playbook, the collection tree links into
+        # it) stays visible when it lies under /tmp or /run, which get a fresh tmpfs: CI
+        # may clone it there.
+        if any((REPO + "/").startswith(top + "/") for top in FRESH_TMPFS):
+            pairs.append((REPO, REPO))
         for bind in binds:
             src, dst = (bind, bind) if isinstance(bind, str) else bind
             pairs.append((os.path.abspath(src), os.path.abspath(dst)))

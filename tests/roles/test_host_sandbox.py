@@ -101,3 +101,10 @@ def test_started_command_shares_its_namespaces_and_is_stopped(box):
     assert not daemon.alive()
     # The lock is released: the next run on the base proceeds.
     assert box.run(["true"], timeout=10).rc == 0
+
+
+def test_the_repository_stays_visible_inside_wherever_it_lies(box):
+    # CI may clone the repository under /tmp, which the sandbox replaces with a tmpfs:
+    # the venv (ansible-playbook) and the collection tree must still be reachable.
+    here = os.path.abspath(__file__)
+    assert box.run(["test", "-f", here]).rc == 0, f"{here} is not visible in the sandbox"
