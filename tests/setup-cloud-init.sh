@@ -5,6 +5,9 @@
 #   .cache/cloud-init/25.1/  trixie's cloud-init 25.1.x (a PRIVATE apt configuration
 #                            under .cache/cloud-init/apt-trixie; the system's sources
 #                            are never edited)
+#   .cache/cloud-init/guest-units/  bookworm's ifupdown and openssh-server (the system's
+#                            apt), only for their systemd units: what a cloud-init guest
+#                            orders against (tests/integration/test_unit_ordering.py)
 # Each directory holds the .deb and `root/` (dpkg -x). Python code is then under
 # root/usr/lib/python3/dist-packages; ds-identify under root/usr/lib/cloud-init/.
 # Nothing is installed on the system and no cloud-init command is run.
@@ -79,5 +82,38 @@ fetch_trixie() {
     extract "$dir"
 }
 
+# --- a guest's other units: ifupdown and openssh-server, from the system's apt -------
+GUEST_PACKAGES="ifupdown openssh-server"
+
+have_guest_units() {
+    [ -f "$1/root/lib/systemd/system/networking.service" ] &&
+        [ -f "$1/root/lib/systemd/system/ssh.service" ]
+}
+
+fetch_guest_units() {
+    dir="$CACHE/guest-units"
+    mkdir -p "$dir"
+    need=""
+    for pkg in $GUEST_PACKAGES; do
+        ls "$dir/${pkg}"_*.deb >/dev/null 2>&1 || need="$need $pkg"
+    done
+    if [ -n "$need" ]; then
+        log "downloading$need"
+        # shellcheck disable=SC2086  # word splitting of the package list is intended
+        if ! (cd "$dir" && apt-get download $need >&2); then
+            log "apt-get download failed; refreshing the system's package lists once"
+            if [ "$(id -u)" -eq 0 ]; then apt-get update >&2; else sudo apt-get update >&2; fi
+            # shellcheck disable=SC2086
+            (cd "$dir" && apt-get download $need >&2)
+        fi
+    fi
+    rm -rf "$dir/root"
+    mkdir -p "$dir/root"
+    for deb in "$dir"/*.deb; do
+        dpkg -x "$deb" "$dir/root"
+    done
+}
+
 have_tree "$CACHE/22.4" || fetch_bookworm
 have_tree "$CACHE/25.1" || fetch_trixie
+have_guest_units "$CACHE/guest-units" || fetch_guest_units
