@@ -67,7 +67,7 @@ ROLE_UNITS = [
     (REPORT_STATUS, "roles/cloud_init_datasource/tasks/report_status.yml",
      "cloud-init.target.wants"),
 ]  # fmt: skip
-OURS = [path.name for path, _, _ in ROLE_UNITS]
+OURS = [unit[0].name for unit in ROLE_UNITS]
 
 STACKS = ("ifupdown", "networkd")
 CASES = [(version, stack) for version in VERSIONS for stack in STACKS]
@@ -233,7 +233,7 @@ def build_guest(
             REPORT_STATUS.read_text() if report_status_text is None else report_status_text
         ),
     }
-    for path, _, wants in ROLE_UNITS:
+    for path, _dest, wants in ROLE_UNITS:
         (root / ETC / path.name).write_text(texts[path.name])
         _link(root, wants, f"/{ETC}/{path.name}")
     # The guest role's settings drop-in, as written for non-default guest_agent_config.
