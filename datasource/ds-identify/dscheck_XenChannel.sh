@@ -8,14 +8,19 @@
 # /dev/virtio-ports may not exist yet. So, in this order:
 #   /dev/xen-channel/<name> or /dev/virtio-ports/<name> exists    -> found
 #   a virtio port named <name> in sysfs (no udev needed)          -> found
-#   a Xen guest (/sys/hypervisor/type is xen, or /proc/xen)       -> found
-#     (the datasource then waits at most wait_timeout, 2 s, for the link)
-#   otherwise                                                     -> not found
+#   a Xen guest with a secondary PV console (console-N on xenbus) -> found
+#     (its name is in xenstore, which udev's helper reads later; the datasource
+#     then waits at most wait_timeout, 2 s, for the link)
+#   otherwise, a Xen guest without one too                        -> not found
+# A Xen channel is a xenbus device console-N; the primary console never is one, and the
+# kernel enumerates xenbus devices before any generator runs. A clone of the same
+# template created without the channel (a NoCloud config disk instead, say) is then not
+# claimed by XenChannel, so the other source is found and cloud-init pays no wait.
 # The channel name defaults to org.xenchannel.provision.0; set
 # DI_XENCHANNEL_NAME (e.g. in /usr/libexec/ds-identify-env on 25.x) for another.
 # POSIX sh plus `local`, like ds-identify itself; every path is under PATH_ROOT.
 dscheck_XenChannel() {
-    local name="${DI_XENCHANNEL_NAME:-org.xenchannel.provision.0}" f="" t=""
+    local name="${DI_XENCHANNEL_NAME:-org.xenchannel.provision.0}" f=""
     if [ -e "${PATH_ROOT}/dev/xen-channel/${name}" ] ||
         [ -e "${PATH_ROOT}/dev/virtio-ports/${name}" ]; then
         return "${DS_FOUND}"
@@ -27,10 +32,9 @@ dscheck_XenChannel() {
         -exec grep -qxF -- "$name" {} \; -print 2>/dev/null | grep -q .; then
         return "${DS_FOUND}"
     fi
-    if [ -f "${PATH_SYS_HYPERVISOR:-${PATH_ROOT}/sys/hypervisor}/type" ]; then
-        read -r t <"${PATH_SYS_HYPERVISOR:-${PATH_ROOT}/sys/hypervisor}/type" || t=""
-    fi
-    if [ "$t" = "xen" ] || [ -d "${PATH_ROOT}/proc/xen" ]; then
+    f="${PATH_ROOT}/sys/bus/xen/devices"
+    if [ -d "$f" ] && find -L "$f" -mindepth 1 -maxdepth 1 -name 'console-*' 2>/dev/null |
+        grep -q .; then
         return "${DS_FOUND}"
     fi
     return "${DS_NOT_FOUND}"

@@ -5,7 +5,7 @@ would ask about the machine (systemd-detect-virt, blkid) are stand-ins on PATH."
 import os
 import shutil
 import subprocess
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
@@ -102,13 +102,40 @@ def test_found(tmp_path, version: str, how: str) -> None:
         with open(os.path.join(port, "name"), "w") as f:
             f.write(CHANNEL + "\n")
     else:
-        os.makedirs(os.path.join(root, "sys/hypervisor"))
-        with open(os.path.join(root, "sys/hypervisor/type"), "w") as f:
-            f.write("xen\n")
+        xen_guest(root, consoles=["console-1"])
     rc, written, log = run(base, root)
     assert rc == 0, log
     assert "check for 'XenChannel' returned found" in log
     assert "datasource_list: [ XenChannel, None ]" in written, (written, log)
+
+
+def xen_guest(root: str, consoles: List[str]) -> None:
+    """What the kernel shows of a Xen guest before udev: the hypervisor, and each
+    secondary PV console as a xenbus device (a link into /sys/devices, as in sysfs)."""
+    os.makedirs(os.path.join(root, "sys/hypervisor"))
+    with open(os.path.join(root, "sys/hypervisor/type"), "w") as f:
+        f.write("xen\n")
+    bus = os.path.join(root, "sys/bus/xen/devices")
+    os.makedirs(bus)
+    for name in consoles:
+        device = os.path.join(root, "sys/devices/xen", name)
+        os.makedirs(device)
+        os.symlink(os.path.relpath(device, bus), os.path.join(bus, name))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_xen_guest_without_a_channel_is_not_claimed(tmp_path, version: str) -> None:
+    """A clone created without the channel (with a NoCloud disk instead, say) must not
+    be claimed by XenChannel: NoCloud is then found alone, with no 2 s wait first."""
+    base = str(tmp_path)
+    root = make_root(base, version, virt="xen")
+    install(root)
+    xen_guest(root, consoles=[])
+    os.makedirs(os.path.join(root, "sys/bus/xen/devices/vbd-51712"))
+    rc, written, log = run(base, root)
+    assert "DSLIST=XenChannel" in log, log
+    assert "check for 'XenChannel' returned found" not in log, log
+    assert "XenChannel" not in written, written
 
 
 @pytest.mark.parametrize("version", VERSIONS)
