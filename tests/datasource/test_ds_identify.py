@@ -136,6 +136,7 @@ def test_a_xen_guest_without_a_channel_is_not_claimed(tmp_path, version: str) ->
     assert "DSLIST=XenChannel" in log, log
     assert "check for 'XenChannel' returned found" not in log, log
     assert "XenChannel" not in written, written
+    assert rc != 0  # no other source here either: the default policy disables cloud-init
 
 
 @pytest.mark.parametrize("version", VERSIONS)
