@@ -7,6 +7,7 @@
 #      - shellcheck: lints runtime/udev/xenchannel-console-setup as POSIX sh
 #      - udev: udevadm (bookworm's udev 252 has no `udevadm verify`)
 #      - dash: the script must run under Debian's /bin/sh, not only bash
+#      - debootstrap, e2fsprogs: the real-Xen e2e tier's images (tests/e2e/build.py)
 #    `dpkg -s` decides what is missing; `apt-get update` runs only when the package
 #    lists are absent or the first install attempt fails.
 #
@@ -22,7 +23,7 @@
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PACKAGES="shellcheck udev dash"
+PACKAGES="shellcheck udev dash debootstrap e2fsprogs"
 
 log() {
     echo "setup-system-packages: $*" >&2

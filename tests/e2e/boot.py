@@ -1,9 +1,11 @@
-"""Boot the harness's real Xen under QEMU 10 software emulation and run one dom0 job.
+"""Boot the harness's real Xen under QEMU 10 software emulation and run one dom0 job; or
+boot the same guest template directly under QEMU with a virtio-serial named channel.
 
 Usage (root)::
 
-    .venv/bin/python tests/e2e/boot.py                 # build what is missing, boot vm1
+    .venv/bin/python tests/e2e/boot.py                 # build what is missing, run XEN_JOB
     .venv/bin/python tests/e2e/boot.py --job FILE      # run FILE as dom0's job instead
+    .venv/bin/python tests/e2e/boot.py --virtio        # the template under QEMU, no Xen
 
 What runs: QEMU from the trixie host chroot (``build.py hostroot``), inside private mount,
 network and pid namespaces (no network at all; QEMU is pid 1 there, so everything dies
@@ -11,7 +13,8 @@ with it), with Xen 4.20 as the multiboot kernel, the trixie kernel as dom0, and 
 
     vda  dom0.img (build.py dom0image), snapshot=on: the cached image is never written
     vdb  job.img, made here per run: run.sh + job-lib.sh in, result/ back out
-    vdc  vm1's disk, vdd vm2's: copies of the template (build.py guestimage)
+    vdc  vm1's disk, vdd vm2's, vde the NoCloud baseline's: copies of the template
+    vdf  cidata.iso, the NoCloud baseline's seed (files/nocloud/), made here
 
 dom0's init (files/dom0-init) starts Xen's daemons, runs /job/run.sh bounded by
 ``xenchannel.job_timeout=`` and powers off. The serial console is logged to
@@ -22,35 +25,66 @@ exits (or is killed at the deadline), ``result/`` is copied out of job.img with 
 """
 
 import argparse
+import io
+import json
 import os
 import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import build  # noqa: E402
+import pycdlib  # noqa: E402  (requirements/dev.txt)
 
 RUNS = os.path.join(build.CACHE, "runs")
 # Where the cache appears inside the host chroot while QEMU runs.
 INSIDE = "/e2e"
 
-# The first boot of a systemd guest with cloud-init under two levels of emulation.
-DEFAULT_JOB = """\
+# The whole Xen flow in one dom0 boot, the phases one after the other so that each
+# guest boots alone (the benchmark compares vm1's first boot with the NoCloud one's):
+XEN_JOB = """\
 start_agent
+# 1. vm1's first boot: identity over the channel, status back to the agent.
 create vm1
-wait_console vm1 'Reached target.*[Mm]ulti-[Uu]ser' guest-multi-user-seen 900
-wait_status vm1 applied agent-status-applied 240
-collect
+wait_status vm1 applied agent-status-applied 600
+wait_console vm1 'Cloud-init v.* finished' guest-final-seen 300
+query vm1
+collect vm1-boot1
 shutdown_vm vm1 180
+snapshot vm1
+# 2. vm2, a second clone of the template on the same host; its second channel carries
+#    the raw channel benchmark (files/channel-bench against files/guest-echo).
+create vm2
+wait_status vm2 applied agent-status-applied 600
+channel_bench vm2 /run/xenchannel/vm2-echo.sock
+collect vm2-boot1
+shutdown_vm vm2 180
+snapshot vm2
+# 3. vm1's second boot with the dom0 agent stopped: same instance, nothing re-applied.
 stop_agent
+create vm1
+wait_console vm1 'Cloud-init v.* finished' guest-final-seen 600
+shutdown_vm vm1 180
+snapshot vm1
+# 4. The NoCloud baseline: the same template with a cidata ISO instead of the channel.
+nocloud_config
+create nocloud
+wait_console nocloud 'Finished.*cloud-init-local' guest-local-done-seen 420
+wait_console nocloud 'Cloud-init v.* finished' guest-final-seen 300
+shutdown_vm nocloud 180
+snapshot nocloud
 """
+# The disks the job's VMs use, in the order they appear in dom0 (vdc, vdd, vde).
+XEN_VMS = ("vm1", "vm2", "nocloud")
+NOCLOUD_SEED = os.path.join(build.FILES, "nocloud")
 
 # Lines after which nothing more will come: Xen keeps the machine up (noreboot) so that
 # the console shows why, and the harness stops a few seconds later instead of at the
@@ -75,8 +109,58 @@ class BootResult(NamedTuple):
     qemu_rc: Optional[int]
     result_dir: str
 
-    def mark(self, name: str) -> Optional[Mark]:
-        return next((m for m in self.marks if m.name == name), None)
+    def mark(self, name: str, vm: Optional[str] = None, boot: int = 1) -> Optional[Mark]:
+        """The first mark of that name; with vm, the one of that VM's boot."""
+        for m in self.marks:
+            if m.name != name:
+                continue
+            if vm is None or (
+                f" vm={vm} " in m.detail + " " and f" boot={boot} " in m.detail + " "
+            ):
+                return m
+        return None
+
+    def console_time(
+        self,
+        vm: str,
+        boot: int,
+        regex: str,
+        start_mark: str = "xl-create-start",
+        prefix: Optional[str] = None,
+    ) -> Optional[float]:
+        """Host seconds of the first line of vm's console matching regex in that boot.
+
+        Under Xen dom0 streams each guest's console with a ``[vm] `` prefix; under QEMU
+        alone the guest's console is the serial port itself (prefix "")."""
+        start = self.mark(start_mark, vm, boot)
+        if start is None:
+            return None
+        pattern = re.compile(regex)
+        prefix = f"[{vm}] " if prefix is None else prefix
+        with open(os.path.join(self.run_dir, "console.log"), errors="replace") as f:
+            for line in f:
+                stamp, _sep, text = line.partition("] ")
+                try:
+                    t = float(stamp.lstrip("[ "))
+                except ValueError:
+                    continue
+                if t >= start.host and text.startswith(prefix) and pattern.search(text):
+                    return t
+        return None
+
+    def create_to(
+        self,
+        vm: str,
+        boot: int,
+        regex: str,
+        start_mark: str = "xl-create-start",
+        prefix: Optional[str] = None,
+    ) -> Optional[float]:
+        """Seconds from the VM's start (``xl create``) to the first console line matching
+        regex."""
+        start = self.mark(start_mark, vm, boot)
+        t = self.console_time(vm, boot, regex, start_mark, prefix)
+        return None if start is None or t is None else t - start.host
 
     def phases(self) -> str:
         """One line per mark: host seconds, dom0 uptime, and the step from the last one."""
@@ -88,13 +172,10 @@ class BootResult(NamedTuple):
         return "\n".join(lines)
 
 
-def qemu_argv(run: str, disks: Sequence[str], job_timeout: int) -> List[str]:
-    inside = INSIDE + run[len(build.CACHE) :]
-    dom0_cmdline = (
-        "console=hvc0 root=/dev/vda init=/usr/sbin/xenchannel-e2e-init "
-        f"xenchannel.job_timeout={job_timeout}"
-    )
-    argv = [
+def qemu_machine(memory: str) -> List[str]:
+    """QEMU's common part: software emulation with 2 vCPUs, the serial port on stdio,
+    no display, monitor, default devices or reboot (a reboot ends the run)."""
+    return [
         "qemu-system-x86_64",
         "-accel",
         "tcg,thread=multi",
@@ -103,7 +184,7 @@ def qemu_argv(run: str, disks: Sequence[str], job_timeout: int) -> List[str]:
         "-smp",
         "2",
         "-m",
-        "2048",
+        memory,
         "-display",
         "none",
         "-nodefaults",
@@ -112,6 +193,21 @@ def qemu_argv(run: str, disks: Sequence[str], job_timeout: int) -> List[str]:
         "-monitor",
         "none",
         "-no-reboot",
+    ]
+
+
+def inside(path: str) -> str:
+    """A path under the cache as QEMU sees it in the host chroot."""
+    return INSIDE + path[len(build.CACHE) :]
+
+
+def qemu_argv(run: str, disks: Sequence[str], job_timeout: int) -> List[str]:
+    dom0_cmdline = (
+        "console=hvc0 root=/dev/vda init=/usr/sbin/xenchannel-e2e-init "
+        f"xenchannel.job_timeout={job_timeout}"
+    )
+    argv = [
+        *qemu_machine("2048"),
         "-kernel",
         f"{INSIDE}/dom0root/xen",
         "-append",
@@ -121,10 +217,10 @@ def qemu_argv(run: str, disks: Sequence[str], job_timeout: int) -> List[str]:
         "-drive",
         f"file={INSIDE}/dom0image/dom0.img,if=virtio,format=raw,snapshot=on",
         "-drive",
-        f"file={inside}/job.img,if=virtio,format=raw",
+        f"file={inside(run)}/job.img,if=virtio,format=raw",
     ]
     for disk in disks:
-        argv += ["-drive", f"file={inside}/{disk},if=virtio,format=raw,cache=unsafe"]
+        argv += ["-drive", f"file={inside(run)}/{disk},if=virtio,format=raw,cache=unsafe"]
     return argv
 
 
@@ -185,48 +281,56 @@ def read_disk_file(image: str, path: str) -> Optional[str]:
     return proc.stdout.decode("utf-8", "replace")
 
 
-def boot(
-    name: str,
-    job: str = DEFAULT_JOB,
-    vms: Sequence[str] = ("vm1",),
-    fresh_disks: bool = True,
-    timeout: float = 1500,
-    echo: bool = True,
-) -> BootResult:
-    """Build what is missing, boot, run job in dom0, return the marks and the results.
+def make_cidata(run: str) -> str:
+    """The NoCloud baseline's seed as an ISO 9660 volume labelled cidata (files/nocloud/)."""
+    path = os.path.join(run, "cidata.iso")
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for name in ("meta-data", "user-data", "network-config"):
+        with open(os.path.join(NOCLOUD_SEED, name), "rb") as f:
+            data = f.read()
+        short = name.replace("-", "").upper()[:8]
+        iso.add_fp(
+            io.BytesIO(data),
+            len(data),
+            f"/{short}.;1",
+            rr_name=name,
+            joliet_path=f"/{name}",
+        )
+    iso.write(path)
+    iso.close()
+    return path
 
-    fresh_disks=False keeps the VMs' disks of the last run of the same name (a second
-    boot of the same VM)."""
-    outs = build.build(["hostroot", "kernel", "dom0root", "initrds", "guestimage", "dom0image"])
+
+def prepare_run(name: str) -> str:
     run = os.path.join(RUNS, name)
     os.makedirs(run, exist_ok=True)
-    for entry in ("job", "job.img", "result", "console.log"):
+    for entry in ("job", "job.img", "result", "console.log", "agent", "cidata.iso"):
         path = os.path.join(run, entry)
         if os.path.isdir(path):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.unlink(path)
-    disks = [f"{vm}.img" for vm in vms]
-    t = time.monotonic()
-    for disk in disks:
-        path = os.path.join(run, disk)
-        if fresh_disks or not os.path.exists(path):
-            build.run(
-                ["cp", "--sparse=always", os.path.join(outs["guestimage"], "guest.img"), path],
-                f"copying the template to {disk}",
-            )
-    make_job(run, job)
-    build.log(f"run {name}: disks and job ready in {time.monotonic() - t:.1f} s")
+    return run
 
-    host = outs["hostroot"]
-    # The job's own bound is a little shorter, so dom0 can still report and power off.
-    job_timeout = max(60, int(timeout) - 120)
+
+def copy_template(outs: Dict[str, str], run: str, disk: str, fresh: bool) -> None:
+    path = os.path.join(run, disk)
+    if fresh or not os.path.exists(path):
+        build.run(
+            ["cp", "--sparse=always", os.path.join(outs["guestimage"], "guest.img"), path],
+            f"copying the template to {disk}",
+        )
+
+
+def in_host_chroot(host: str, qemu: Sequence[str]) -> List[str]:
+    """QEMU from the host chroot, in private mount, network and pid namespaces."""
     script = (
         f'mount -t proc proc "{host}/proc" && mount --rbind /dev "{host}/dev" && '
         f'mkdir -p "{host}{INSIDE}" && mount --bind "{build.CACHE}" "{host}{INSIDE}" && '
         f'exec chroot "{host}" "$@"'
     )
-    argv = [
+    return [
         "unshare",
         "--mount",
         "--net",
@@ -239,8 +343,30 @@ def boot(
         "-c",
         script,
         "sh",
-        *qemu_argv(run, disks, job_timeout),
+        *qemu,
     ]
+
+
+class Console(NamedTuple):
+    marks: List[Mark]
+    wall: float
+    timed_out: bool
+    rc: Optional[int]
+
+
+def run_console(
+    argv: Sequence[str],
+    run: str,
+    timeout: float,
+    echo: bool,
+    on_line: Optional[Callable[[str, float], Optional[Mark]]] = None,
+    on_tick: Optional[Callable[[float], Optional[Mark]]] = None,
+) -> Console:
+    """Run QEMU, log its serial console with host seconds, collect MARKs, bounded.
+
+    on_line may turn a console line into a mark; on_tick runs about once a second and may
+    return a mark too. A "done" mark (dom0-done, qemu-powerdown) gives QEMU 30 s (90 s
+    for a powerdown) to exit before it is killed."""
     marks: List[Mark] = []
     timed_out = False
     # A SIGTERM (a CI job cancelled, pytest-timeout) must still reach the finally below.
@@ -254,23 +380,37 @@ def boot(
         start_new_session=True,
     )
     assert proc.stdout is not None
+
+    def add(mark: Mark) -> None:
+        marks.append(mark)
+        if echo:
+            build.log(f"[{mark.host:8.2f}s] MARK {mark.name}{mark.detail}")
+
     try:
         with open(os.path.join(run, "console.log"), "w") as console:
             buf = b""
             done_at: Optional[float] = None
+            grace = 30.0
             fatal_at: Optional[float] = None
             fatal_line = ""
+            last_tick = 0.0
             while True:
                 now = time.monotonic()
                 if now - t0 > timeout:
                     timed_out = True
                     break
-                # After dom0 said it is done, power-off gets 30 s.
-                if done_at is not None and now - done_at > 30:
+                if done_at is not None and now - done_at > grace:
                     break
                 if fatal_at is not None and now - fatal_at > 5:
                     build.log(f"stopping: {fatal_line}")
                     break
+                if on_tick is not None and now - last_tick >= 1.0 and done_at is None:
+                    last_tick = now
+                    mark = on_tick(now - t0)
+                    if mark is not None:
+                        add(mark)
+                        if mark.name in DONE:
+                            done_at, grace = time.monotonic(), DONE[mark.name]
                 ready, _writable, _errors = select.select([proc.stdout], [], [], 1.0)
                 if not ready:
                     if proc.poll() is not None:
@@ -288,18 +428,16 @@ def boot(
                     if fatal_at is None and any(f in line for f in FATAL):
                         fatal_at, fatal_line = time.monotonic(), line.strip()
                     m = MARK_RE.search(line)
+                    mark = None
                     if m and not line.lstrip().startswith("["):
-                        mark = Mark(
-                            m.group(1),
-                            host_t,
-                            float(m.group(3)) if m.group(3) else None,
-                            m.group(2),
-                        )
-                        marks.append(mark)
-                        if echo:
-                            build.log(f"[{host_t:8.2f}s] {line.strip()}")
-                        if mark.name == "dom0-done":
-                            done_at = time.monotonic()
+                        uptime = float(m.group(3)) if m.group(3) else None
+                        mark = Mark(m.group(1), host_t, uptime, m.group(2))
+                    elif on_line is not None:
+                        mark = on_line(line, host_t)
+                    if mark is not None:
+                        add(mark)
+                        if mark.name in DONE and done_at is None:
+                            done_at, grace = time.monotonic(), DONE[mark.name]
                 console.flush()
     finally:
         if proc.poll() is None:
@@ -310,32 +448,290 @@ def boot(
         except subprocess.TimeoutExpired:
             pass
         signal.signal(signal.SIGTERM, previous)
-    wall = time.monotonic() - t0
+    return Console(marks, time.monotonic() - t0, timed_out, proc.returncode)
+
+
+# Marks after which QEMU is expected to exit by itself, and how long it gets.
+DONE = {"dom0-done": 30.0, "qemu-powerdown": 120.0}
+
+
+def boot(
+    name: str,
+    job: str = XEN_JOB,
+    vms: Sequence[str] = XEN_VMS,
+    fresh_disks: bool = True,
+    timeout: float = 3000,
+    echo: bool = True,
+) -> BootResult:
+    """Build what is missing, boot, run job in dom0, return the marks and the results.
+
+    fresh_disks=False keeps the VMs' disks of the last run of the same name (a second
+    boot of the same VM)."""
+    outs = build.build(["hostroot", "kernel", "dom0root", "initrds", "guestimage", "dom0image"])
+    run = prepare_run(name)
+    disks = [f"{vm}.img" for vm in vms]
+    t = time.monotonic()
+    for disk in disks:
+        copy_template(outs, run, disk, fresh_disks)
+    make_cidata(run)
+    make_job(run, job)
+    build.log(f"run {name}: disks and job ready in {time.monotonic() - t:.1f} s")
+    # The job's own bound is a little shorter, so dom0 can still report and power off.
+    job_timeout = max(60, int(timeout) - 120)
+    qemu = qemu_argv(run, [*disks, "cidata.iso"], job_timeout)
+    console = run_console(in_host_chroot(outs["hostroot"], qemu), run, timeout, echo)
     result = read_results(run)
-    return BootResult(run, marks, wall, timed_out, proc.returncode, result)
+    return BootResult(run, console.marks, console.wall, console.timed_out, console.rc, result)
+
+
+# --------------------------------------------------------------------------- virtio
+
+# The same template under QEMU alone (the KVM/libvirt way: a virtio-serial port with the
+# channel's name), served by the dom0 agent on this host. Software emulation here; the
+# guest sees QEMU's devices, not Xen's: /dev/vda, ttyS0, /dev/virtio-ports/<name>.
+VIRTIO_VM = "kvm1"
+VIRTIO_UUID = "6f1ae2c5-8a0e-4d53-9d1c-3c6f2f0b6a11"
+VIRTIO_BUNDLE = {
+    "meta_data": {"instance-id": VIRTIO_UUID, "local-hostname": "e2e-kvm1"},
+    "user_data": (
+        "#cloud-config\nssh_authorized_keys:\n  - ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIJLGejfcSnKJrXrIO+Br5h/agA4amP5mDObZUGCF1ZYH e2e-kvm1@xenchannel\n"
+    ),
+    "network_config": {
+        "version": 2,
+        "ethernets": {
+            "eth0": {"match": {"name": "eth0"}, "addresses": ["192.0.2.21/24"]},
+        },
+    },
+}
+CHANNEL = "org.xenchannel.provision.0"
+
+
+def write_virtio_store(agent_dir: str) -> None:
+    """The VM's bundle in the agent's store, written by the collection's channel_metadata
+    module through ansible-playbook, as an operator of a KVM host would."""
+    ansible_run = build.ansible_run
+    task = {
+        "name": "bundle",
+        "xenchannel.provision.channel_metadata": {
+            "domain": VIRTIO_VM,
+            "socket": os.path.join(agent_dir, "sockets", f"{VIRTIO_VM}.sock"),
+            "socket_root": os.path.join(agent_dir, "sockets"),
+            "store_dir": os.path.join(agent_dir, "store"),
+            **VIRTIO_BUNDLE,
+        },
+    }
+    work = os.path.join(agent_dir, "ansible")
+    os.makedirs(work)
+    with ansible_run.collection_tree() as collections:
+        env = ansible_run.playbook_env(collections, work)
+        proc = ansible_run.run_tasks(collections, work, [task], env=env, timeout=300)
+    if proc.returncode != 0:
+        raise build.BuildError(
+            f"channel_metadata for {VIRTIO_VM} failed:\n{proc.stdout}{proc.stderr}"
+        )
+
+
+def start_agent(agent_dir: str) -> subprocess.Popen:
+    """The dom0 agent from this repository's runtime (what the dom0_agent role installs),
+    serving the sockets under agent_dir; the caller stops it."""
+    for sub in ("sockets", "state"):
+        os.makedirs(os.path.join(agent_dir, sub), mode=0o700, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.path.join(build.ROOT, "runtime"))
+    with open(os.path.join(agent_dir, "agent.log"), "w") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xenchannel.dom0",
+                "run",
+                "--store",
+                os.path.join(agent_dir, "store"),
+                "--state",
+                os.path.join(agent_dir, "state"),
+                "--socket-root",
+                os.path.join(agent_dir, "sockets"),
+                "--control-socket",
+                os.path.join(agent_dir, "sockets", "agent.sock"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def agent_state(agent_dir: str, vm: str) -> Dict:
+    env = dict(os.environ, PYTHONPATH=os.path.join(build.ROOT, "runtime"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xenchannel.dom0",
+            "status",
+            vm,
+            "--json",
+            "--state",
+            os.path.join(agent_dir, "state"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    try:
+        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+    except ValueError:
+        return {}
+
+
+def qmp_powerdown(path: str) -> bool:
+    """ACPI power button through QEMU's QMP socket; the guest's systemd shuts down."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            reader = sock.makefile("rb")
+            reader.readline()  # the greeting
+            for command in ("qmp_capabilities", "system_powerdown"):
+                sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+                while True:
+                    reply = json.loads(reader.readline())
+                    if "return" in reply or "error" in reply:
+                        break
+            return "return" in reply
+    except (OSError, ValueError):
+        return False
+
+
+VIRTIO_PHASES = (
+    ("guest-kernel", "Linux version"),
+    ("guest-systemd", "Welcome to .*Debian"),
+    ("guest-cloud-init-local", "running 'init-local'"),
+    ("guest-cloud-init-local-done", "Finished.*cloud-init-local"),
+    ("guest-multi-user", "Reached target.*[Mm]ulti-[Uu]ser"),
+    ("guest-cloud-init-final", "Cloud-init v.* finished at"),
+)
+
+
+def boot_virtio(name: str = "virtio", timeout: float = 1500, echo: bool = True) -> BootResult:
+    """Boot the template under QEMU with a virtserialport named like the Xen channel, the
+    dom0 agent serving its socket; power the guest off once the agent says applied and
+    cloud-init finished. Results: the agent's state and log in result/, the disk."""
+    outs = build.build(["hostroot", "kernel", "initrds", "guestimage"])
+    run = prepare_run(name)
+    copy_template(outs, run, f"{VIRTIO_VM}.img", True)
+    agent_dir = os.path.join(run, "agent")
+    os.makedirs(agent_dir, mode=0o700)
+    write_virtio_store(agent_dir)
+    qemu = [
+        *qemu_machine("1024"),
+        "-uuid",
+        VIRTIO_UUID,
+        "-qmp",
+        f"unix:{inside(run)}/qmp.sock,server=on,wait=off",
+        "-kernel",
+        f"{INSIDE}/kernel/vmlinuz",
+        # The dom0 initramfs: it loads virtio_blk (QEMU's disk), the guest's xen-blkfront.
+        "-initrd",
+        f"{INSIDE}/initrds/dom0-initrd.gz",
+        "-append",
+        "console=ttyS0 root=/dev/vda",
+        "-drive",
+        f"file={inside(run)}/{VIRTIO_VM}.img,if=virtio,format=raw,cache=unsafe",
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        f"socket,id=xc0,path={inside(agent_dir)}/sockets/{VIRTIO_VM}.sock,server=on,wait=off",
+        "-device",
+        f"virtserialport,chardev=xc0,name={CHANNEL}",
+    ]
+    agent = start_agent(agent_dir)
+    seen: Dict[str, bool] = {}
+    state: Dict[str, object] = {"last": "", "polled": -10.0}
+    phases = [(n, re.compile(r)) for n, r in VIRTIO_PHASES]
+
+    def on_line(line: str, host_t: float) -> Optional[Mark]:
+        for phase, regex in phases:
+            if phase not in seen and regex.search(line):
+                seen[phase] = True
+                return Mark(phase, host_t, None, f" vm={VIRTIO_VM} boot=1")
+        return None
+
+    def on_tick(host_t: float) -> Optional[Mark]:
+        polled = state["polled"]
+        assert isinstance(polled, float)
+        if "agent-status-applied" not in seen and host_t - polled >= 5.0:
+            state["polled"] = host_t
+            record = agent_state(agent_dir, VIRTIO_VM)
+            got = (record.get("status") or {}).get("state") or ""
+            if got and got != state["last"]:
+                state["last"] = got
+                if got in ("applied", "failed"):
+                    seen["agent-status-applied"] = True
+                    name = "agent-status-applied" if got == "applied" else "agent-status-failed"
+                    return Mark(name, host_t, None, f" vm={VIRTIO_VM} boot=1")
+        if "agent-status-applied" in seen and "guest-cloud-init-final" in seen:
+            ok = qmp_powerdown(os.path.join(run, "qmp.sock"))
+            return Mark(
+                "qemu-powerdown", host_t, None, f" vm={VIRTIO_VM} acpi={'sent' if ok else 'failed'}"
+            )
+        return None
+
+    try:
+        marks = [Mark("qemu-start", 0.0, None, f" vm={VIRTIO_VM} boot=1")]
+        console = run_console(
+            in_host_chroot(outs["hostroot"], qemu), run, timeout, echo, on_line, on_tick
+        )
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=15)
+    result = os.path.join(run, "result")
+    os.makedirs(result)
+    with open(os.path.join(result, "agent-status.json"), "w") as f:
+        json.dump(agent_state(agent_dir, VIRTIO_VM), f, indent=2)
+    shutil.copyfile(os.path.join(agent_dir, "agent.log"), os.path.join(result, "agent.log"))
+    return BootResult(
+        run, marks + console.marks, console.wall, console.timed_out, console.rc, result
+    )
 
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--name", default="manual", help="run directory under .cache/e2e/runs")
     parser.add_argument("--job", help="a bash file to run in dom0 instead of the default job")
-    parser.add_argument("--vms", default="vm1", help="comma-separated VMs whose disks to attach")
+    parser.add_argument(
+        "--vms", default=",".join(XEN_VMS), help="comma-separated VMs whose disks to attach"
+    )
     parser.add_argument("--keep-disks", action="store_true", help="reuse the last run's VM disks")
-    parser.add_argument("--timeout", type=float, default=1500, help="seconds before QEMU is killed")
+    parser.add_argument("--timeout", type=float, default=3000, help="seconds before QEMU is killed")
+    parser.add_argument(
+        "--virtio", action="store_true", help="boot the template under QEMU alone (virtio-serial)"
+    )
     args = parser.parse_args(argv)
-    job = DEFAULT_JOB
+    job = XEN_JOB
     if args.job:
         with open(args.job) as f:
             job = f.read()
     try:
-        res = boot(args.name, job, args.vms.split(","), not args.keep_disks, args.timeout)
+        if args.virtio:
+            res = boot_virtio(args.name, min(args.timeout, 1500))
+        else:
+            res = boot(args.name, job, args.vms.split(","), not args.keep_disks, args.timeout)
     except build.BuildError as exc:
         build.log(f"FAILED: {exc}")
         return 1
     print(res.phases())
     print(f"wall {res.wall:.1f} s, timed out: {res.timed_out}, qemu rc {res.qemu_rc}")
     print(f"console: {res.run_dir}/console.log, results: {res.result_dir}")
-    return 0 if res.mark("job-done") and not res.timed_out else 1
+    done = res.mark("qemu-powerdown" if args.virtio else "job-done")
+    return 0 if done and not res.timed_out else 1
 
 
 if __name__ == "__main__":

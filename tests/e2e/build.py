@@ -318,7 +318,9 @@ def build_guestroot(out: str, deps: Dict[str, str]) -> None:
     debootstrap(root, GUEST_PACKAGES, "guestroot")
     copy_modules(deps["kernel"], root)
     with open(os.path.join(root, "etc/fstab"), "w") as f:
-        f.write("/dev/xvda / ext4 rw,errors=remount-ro 0 1\n")
+        # By label, as a template meant for more than one hypervisor must be: the root is
+        # /dev/xvda under Xen and /dev/vda under QEMU/KVM (boot.py boots both).
+        f.write("LABEL=guest / ext4 rw,errors=remount-ro 0 1\n")
     # A template ships no machine-id (template_prep empties it too); systemd makes one.
     open(os.path.join(root, "etc/machine-id"), "w").close()
     version = in_root(root, ["cloud-init", "--version"], "cloud-init --version").strip()
@@ -638,7 +640,7 @@ def build_guestprov(out: str, deps: Dict[str, str]) -> None:
 @step(
     "guestimage",
     deps=["guestprov"],
-    files=["guest-report", "guest-report.service"],
+    files=["guest-report", "guest-report.service", "guest-echo", "guest-echo.service"],
     helpers=[pack, add_files],
 )
 def build_guestimage(out: str, deps: Dict[str, str]) -> None:
@@ -646,7 +648,9 @@ def build_guestimage(out: str, deps: Dict[str, str]) -> None:
     pack(os.path.join(deps["guestprov"], "root"), image, "3G", "guest")
     # The harness's probe, not the collection's: added after the template playbook, the
     # way a test instrument is clipped on, and enabled by its link.
+    # The echo end of the raw channel benchmark likewise (files/guest-echo).
     unit = "/etc/systemd/system/xenchannel-e2e-report.service"
+    echo_unit = "/etc/systemd/system/xenchannel-e2e-echo.service"
     add_files(
         image,
         {
@@ -655,8 +659,13 @@ def build_guestimage(out: str, deps: Dict[str, str]) -> None:
                 "0100755",
             ),
             unit: (os.path.join(FILES, "guest-report.service"), "0100644"),
+            "/usr/local/sbin/xenchannel-e2e-echo": (os.path.join(FILES, "guest-echo"), "0100755"),
+            echo_unit: (os.path.join(FILES, "guest-echo.service"), "0100644"),
         },
-        links={"/etc/systemd/system/sysinit.target.wants/xenchannel-e2e-report.service": unit},
+        links={
+            "/etc/systemd/system/sysinit.target.wants/xenchannel-e2e-report.service": unit,
+            "/etc/systemd/system/multi-user.target.wants/xenchannel-e2e-echo.service": echo_unit,
+        },
     )
 
 
@@ -682,7 +691,7 @@ def build_dom0prov(out: str, deps: Dict[str, str]) -> None:
 @step(
     "dom0image",
     deps=["dom0prov", "kernel", "initrds"],
-    files=["dom0-init"],
+    files=["dom0-init", "channel-bench"],
     helpers=[pack, add_files],
 )
 def build_dom0image(out: str, deps: Dict[str, str]) -> None:
@@ -693,6 +702,10 @@ def build_dom0image(out: str, deps: Dict[str, str]) -> None:
     extra = {
         # /usr/sbin: /sbin is a link (merged /usr), and debugfs does not follow links.
         "/usr/sbin/xenchannel-e2e-init": (os.path.join(FILES, "dom0-init"), "0100755"),
+        "/usr/sbin/xenchannel-e2e-channel-bench": (
+            os.path.join(FILES, "channel-bench"),
+            "0100755",
+        ),
         # What the VMs boot, by kernel=/ramdisk= in their xl configs (files/template.cfg).
         "/var/lib/xenchannel-e2e/vmlinuz": (os.path.join(deps["kernel"], "vmlinuz"), "0100644"),
         "/var/lib/xenchannel-e2e/guest-initrd.gz": (

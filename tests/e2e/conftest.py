@@ -1,9 +1,10 @@
-"""Keep the real-Xen tier out of a plain ``pytest`` run until the lead wires it in.
+"""Keep the real-Xen tier out of the main ``pytest`` run: ``make e2e`` runs it on its own.
 
-A whole cold run builds three Debian roots and boots Xen under software emulation (see
-docs/e2e.md for the minutes), so test_e2e.py is collected only when asked for by path
-(``pytest tests/e2e``) or with XENCHANNEL_E2E=1. This is not a skip: uncollected tests
-appear nowhere, and a collected one fails with the reason when the machine cannot run it.
+A cold run builds four Debian roots and boots Xen under software emulation (docs/e2e.md
+has the minutes), so ``make pytest`` must not pull it in a second time: test_e2e.py is
+collected only when asked for by path (``pytest tests/e2e``, which ``make e2e`` and so
+``make test`` run) or with XENCHANNEL_E2E=1. This is not a skip: uncollected tests appear
+nowhere, and a collected one fails with the reason when the machine cannot run it.
 """
 
 import os
