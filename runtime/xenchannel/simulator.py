@@ -738,13 +738,11 @@ class SimulatedChannel:
 
     def _set_openers(self, count: int) -> None:
         was_open = self._openers > 0
-        self._openers = count
-        if count > 0 and not was_open:
-            if self._garbage is not None:
-                self._inject_garbage()
-        elif count == 0 and was_open:
+        if count == 0 and was_open:
             # A real hvc tty is torn down on last close and comes back with default
-            # termios; our held fd keeps the tty alive, so reset it by hand.
+            # termios; our held fd keeps the tty alive, so reset it by hand. Before the
+            # count is published: another thread that sees guest_is_open go false may
+            # reopen at once, and must find the reset tty (CI saw it find the old one).
             try:
                 self._reset_termios()
             except termios.error:
@@ -752,6 +750,9 @@ class SimulatedChannel:
             if not self.options.keep_host_bytes:
                 data_n, _ = self._h2g.clear()
                 self._stats.dropped_host_to_guest += data_n
+        self._openers = count
+        if count > 0 and not was_open and self._garbage is not None:
+            self._inject_garbage()
         self._sync()
 
     # ---------------------------------------------------------------- garbage
