@@ -13,8 +13,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List
 
+from testbed.simulator import SimulatedChannel, SimulatorOptions
 from xenchannel.guest import ChannelDevice, GuestClient
-from xenchannel.simulator import SimulatedChannel, SimulatorOptions
 
 from .harness import (
     GUEST_CONFIG,

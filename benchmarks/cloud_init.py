@@ -4,7 +4,7 @@
 For each Debian cloud-init version (22.4.2, 25.1.4), in the same run:
 
 * *boot*: the wall time of ``cloud-init init --local`` (the cloud-init process, in the
-  sandbox of tests/datasource/sandbox.py: overlays, no network), median of ``--runs``
+  sandbox of testbed/cloud_init_sandbox.py: overlays, no network), median of ``--runs``
   fresh boots, with XenChannel (real dom0 agent + simulated channel at ``--rate``,
   default 256000 B/s) against NoCloud reading a seed dir with the same meta-data,
   user-data and network-config.  ratio = XenChannel / NoCloud (target <= 1.2).
@@ -27,10 +27,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from tests.datasource.cloudinit_trees import REPO, VERSIONS, dist_packages
-from tests.datasource.sandbox import Sandbox, base_cloud_cfg, guest_root, init_args
-from tests.stack import Stack
-from xenchannel.simulator import SimulatorOptions
+from testbed.cloud_init_sandbox import Sandbox, base_cloud_cfg, guest_root, init_args
+from testbed.cloud_init_trees import REPO, VERSIONS, dist_packages
+from testbed.simulator import SimulatorOptions
+from testbed.stack import Stack
 
 from .harness import BenchError, make_bundle
 

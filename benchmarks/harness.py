@@ -13,11 +13,11 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from tests.stack import agent_command
+from testbed.simulator import SimulatedChannel, SimulatorOptions, SimulatorThread
+from testbed.stack import agent_command
 from xenchannel.dom0.store import write_domain
 from xenchannel.guest import ClientConfig
 from xenchannel.protocol import Bundle
-from xenchannel.simulator import SimulatedChannel, SimulatorOptions, SimulatorThread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIME = os.path.join(ROOT, "runtime")

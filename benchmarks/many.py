@@ -24,8 +24,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from testbed.simulator import SimulatorOptions
 from xenchannel.guest import ChannelDevice
-from xenchannel.simulator import SimulatorOptions
 
 from .harness import (
     ROOT,

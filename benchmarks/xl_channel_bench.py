@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from tests.ansible_run import make_collection_tree, playbook_argv, playbook_env
+from testbed.ansible_run import make_collection_tree, playbook_argv, playbook_env
 
 from .harness import BenchError
 

@@ -2,7 +2,7 @@
 
 The whole xenchannel flow, driven by the collection's own playbooks and roles, with no
 Xen host.  This machine plays both sides, each in a throwaway sandbox (mount, UTS, IPC
-and PID namespaces with overlays over /etc, /usr, /var, ...: ``tests/host_sandbox.py``),
+and PID namespaces with overlays over /etc, /usr, /var, ...: ``testbed/host_sandbox.py``),
 so nothing on the machine itself changes:
 
 1. a guest template: Debian's cloud-init installed with apt, then
@@ -34,9 +34,9 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from tests import ansible_run
-from tests.host_sandbox import HostSandbox, Result, Running
-from xenchannel.simulator import SimulatorOptions, SimulatorThread
+from testbed import ansible_run
+from testbed.host_sandbox import HostSandbox, Result, Running
+from testbed.simulator import SimulatorOptions, SimulatorThread
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(REPO, ".cache", "demo")

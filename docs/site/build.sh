@@ -38,7 +38,7 @@ rm -rf "$OUT/rst" "$OUT/html" "$OUT/doctrees"
 mkdir -m 0755 "$OUT/rst"
 
 # antsibull-docs finds collections only as ansible_collections/<namespace>/<name>; a link
-# from a temporary directory, as tests/ansible_run.py does, keeps the repository as is.
+# from a temporary directory, as testbed/ansible_run.py does, keeps the repository as is.
 TREE=$(mktemp -d "${TMPDIR:-/tmp}/xc-docs-site-XXXXXX")
 cleanup() {
     # The link first, so that nothing can ever walk into the repository.

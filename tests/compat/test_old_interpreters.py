@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.stack import Stack, delivered, runtime_env, sample_bundle
+from testbed.stack import Stack, delivered, runtime_env, sample_bundle
 
 GUEST_VERSIONS = ("3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 HERE = os.path.dirname(os.path.abspath(__file__))

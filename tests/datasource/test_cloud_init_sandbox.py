@@ -1,7 +1,7 @@
 """Real boots of each Debian cloud-init version, with XenChannel, in a sandbox.
 
 The cloud-init CLI acts on the machine it runs on, so it runs only inside the namespaces
-of ``tests/datasource/sandbox.py`` (throwaway overlays on /etc, /var, /root, /home and a
+of ``testbed/cloud_init_sandbox.py`` (throwaway overlays on /etc, /var, /root, /home and a
 tmpfs on /run, no network); what it wrote is read from the overlays' upper directories,
 and the real hostname and /etc are checked untouched.  The dom0 side is a live Stack
 (real agent + simulated channel); the datasource is loaded the second documented way,
@@ -17,9 +17,9 @@ from typing import Any, Dict, Iterator, Optional
 import pytest
 import yaml
 
-from tests.datasource.cloudinit_trees import VERSIONS
-from tests.datasource.sandbox import CHANNEL, Boot, Sandbox, base_cloud_cfg, guest_root, init_args
-from tests.stack import Stack, delivered
+from testbed.cloud_init_sandbox import CHANNEL, Boot, Sandbox, base_cloud_cfg, guest_root, init_args
+from testbed.cloud_init_trees import VERSIONS
+from testbed.stack import Stack, delivered
 from xenchannel.protocol import Bundle
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIXenChannelSandboxTestKey test@dom0"

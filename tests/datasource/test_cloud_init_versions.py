@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.datasource.cloudinit_trees import REPO, VERSIONS, dist_packages
+from testbed.cloud_init_trees import REPO, VERSIONS, dist_packages
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from tests.datasource.cloudinit_trees import REPO, VERSIONS, ds_identify
+from testbed.cloud_init_trees import REPO, VERSIONS, ds_identify
 
 INSTALL = os.path.join(REPO, "datasource", "install-ds-identify-check.sh")
 CHANNEL = "org.xenchannel.provision.0"

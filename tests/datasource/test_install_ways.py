@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.datasource.cloudinit_trees import REPO, VERSIONS, dist_packages
+from testbed.cloud_init_trees import REPO, VERSIONS, dist_packages
 
 MODULE = os.path.join(REPO, "datasource", "DataSourceXenChannel.py")
 RUNTIME = os.path.join(REPO, "runtime")

@@ -9,7 +9,7 @@ from typing import Iterator, Tuple
 
 import pytest
 
-from tests.stack import Stack, delivered, runtime_env
+from testbed.stack import Stack, delivered, runtime_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "datasource", "xenchannel-report-status")

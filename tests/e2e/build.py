@@ -64,7 +64,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
-from tests import ansible_run  # noqa: E402
+from testbed import ansible_run  # noqa: E402
 
 CACHE = os.environ.get("XENCHANNEL_E2E_CACHE", os.path.join(ROOT, ".cache", "e2e"))
 FILES = os.path.join(HERE, "files")

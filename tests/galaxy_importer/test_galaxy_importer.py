@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.ansible_run import build_collection
+from testbed.ansible_run import build_collection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -16,11 +16,11 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from tests.stack import Stack, delivered, delivered_count, runtime_env, sample_bundle
+from testbed.simulator import SimulatorOptions
+from testbed.stack import Stack, delivered, delivered_count, runtime_env, sample_bundle
 from xenchannel import protocol as P
 from xenchannel.dom0.store import remove_domain, write_domain
 from xenchannel.guest import ChannelDevice, ClientConfig
-from xenchannel.simulator import SimulatorOptions
 
 
 @pytest.fixture

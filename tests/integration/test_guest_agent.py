@@ -26,14 +26,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from tests.stack import Stack, runtime_env
+from testbed.simulator import SimulatorOptions
+from testbed.stack import Stack, runtime_env
 from xenchannel.dom0.store import write_domain
 from xenchannel.guest.apply import ApplyError
 from xenchannel.guest.apply import hostname as hostname_step
 from xenchannel.guest.apply import keys as keys_step
 from xenchannel.guest.apply import network as network_step
 from xenchannel.protocol import Bundle
-from xenchannel.simulator import SimulatorOptions
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 

@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from tests.ansible_run import collection_tree, playbook_env, run_tasks, saved_results
-from tests.stack import RUNTIME, Domain, Stack
+from testbed.ansible_run import collection_tree, playbook_env, run_tasks, saved_results
+from testbed.stack import RUNTIME, Domain, Stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")

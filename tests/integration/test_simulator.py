@@ -25,7 +25,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-from xenchannel.simulator import SimulatedChannel, SimulatorOptions, SimulatorThread
+from testbed.simulator import SimulatedChannel, SimulatorOptions, SimulatorThread
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 TIMEOUT = 5.0
@@ -598,7 +598,7 @@ def test_cli_ready_line_and_sigterm(short_dir, closer):
     link = f"{short_dir}/dev/hvc2"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(RUNTIME), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "xenchannel.simulator", "--unthrottled"]
+    command = [sys.executable, "-m", "testbed.simulator", "--unthrottled"]
     proc = subprocess.Popen(
         [*command, "--socket", sock_path, "--link", link],
         stdout=subprocess.PIPE,

@@ -46,7 +46,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 import jinja2
 import pytest
 
-from tests.datasource.cloudinit_trees import CACHE, VERSIONS, tree
+from testbed.cloud_init_trees import CACHE, VERSIONS, tree
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP = "sh tests/setup-cloud-init.sh"

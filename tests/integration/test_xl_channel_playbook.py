@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from tests.ansible_run import collection_tree, playbook_env, run_tasks, saved_results
+from testbed.ansible_run import collection_tree, playbook_env, run_tasks, saved_results
 from tests.oracle import libxlutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from tests.ansible_run import collection_tree, playbook_env, run_tasks, saved_results
+from testbed.ansible_run import collection_tree, playbook_env, run_tasks, saved_results
 from tests.oracle import libxlutil
 
 TEMPLATE = (

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.stack import Stack, runtime_env, sample_bundle
+from testbed.stack import Stack, runtime_env, sample_bundle
 
 DOMAINS = 500
 HOSTILE_EVERY = 20  # 5 %

@@ -1,7 +1,7 @@
 """A simulated domain for the role tests, run inside the host sandbox by Debian's python3.
 
-It plays QEMU (the channel socket under the agent's socket root, bridged to a pty, from
-the installed runtime's simulator) and the guest (the installed guest client): it fetches
+It plays QEMU (the channel socket under the agent's socket root, bridged to a pty, by the
+testbed's simulator) and the guest (the working tree's guest client): it fetches
 the bundle, optionally reports a status, prints the bundle's meta-data as JSON and, with
 ``--linger``, keeps the "domain" running until it is killed.  Every wait is bounded.
 """
@@ -13,8 +13,13 @@ import sys
 import tempfile
 import time
 
-from xenchannel.guest import ClientConfig, GuestClient
-from xenchannel.simulator import SimulatorOptions, SimulatorThread
+# Only the dom0 agent under test comes from what the role installed; QEMU's and the
+# guest's parts come from the working tree (a dom0 has no guest code installed).
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [os.path.join(REPO, "runtime"), REPO]
+
+from testbed.simulator import SimulatorOptions, SimulatorThread  # noqa: E402
+from xenchannel.guest import ClientConfig, GuestClient  # noqa: E402
 
 CONFIG = ClientConfig(
     wait_timeout=5.0,

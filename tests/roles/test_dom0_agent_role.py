@@ -1,6 +1,6 @@
 """xenchannel.provision.dom0_agent applied for real to a throwaway copy of this machine.
 
-ansible-playbook runs with ``connection: local`` inside ``tests.host_sandbox`` and with
+ansible-playbook runs with ``connection: local`` inside ``testbed.host_sandbox`` and with
 Debian's own ``/usr/bin/python3`` as the target interpreter, as on a real dom0: every
 file the role writes lands in the sandbox's uppers and is checked there, and the agent is
 then started from the installed files alone (no venv, no PYTHONPATH) and serves a
@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
-from tests import ansible_run
-from tests.host_sandbox import HostSandbox, Result, Running
+from testbed import ansible_run
+from testbed.host_sandbox import HostSandbox, Result, Running
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = "/usr/lib/python3/dist-packages/xenchannel"

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Set
 
 import pytest
 
-from tests import ansible_run
-from tests.host_sandbox import Running
+from testbed import ansible_run
+from testbed.host_sandbox import Running
 from tests.roles.test_dom0_agent_role import AGENT, CLEAN_ENV, START_AGENT, Dom0Box, Play
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """xenchannel.provision.guest applied for real to a throwaway copy of this machine.
 
-ansible-playbook runs with ``connection: local`` inside ``tests.host_sandbox`` (overlays
+ansible-playbook runs with ``connection: local`` inside ``testbed.host_sandbox`` (overlays
 on /etc, /usr, /var ...), so every file the role writes lands in the sandbox's uppers and
 is checked there: modes, links, the runtime imported by the sandbox's own
 ``/usr/bin/python3``, the udev rule accepted by ``udevadm verify``.  The same helpers
@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
-from tests import ansible_run
-from tests.host_sandbox import HostSandbox, Result
+from testbed import ansible_run
+from testbed.host_sandbox import HostSandbox, Result
 
 REPO = Path(__file__).resolve().parents[2]
 TRIXIE_UDEVADM = REPO / ".cache" / "udevadm-trixie" / "udevadm"

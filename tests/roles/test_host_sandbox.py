@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.host_sandbox import TIMEOUT_RC, HostSandbox
+from testbed.host_sandbox import TIMEOUT_RC, HostSandbox
 
 PROBE = "/etc/xc-host-sandbox-probe"
 
@@ -96,7 +96,7 @@ def test_started_command_shares_its_namespaces_and_is_stopped(box):
         beside = daemon.run(["sh", "-c", "cat /run/daemon.ready; cat /proc/1/cmdline"]).check()
         # Same mount namespace (the file) and same pid namespace (pid 1 is the sandbox's).
         assert beside.stdout.startswith("up\n")
-        assert "tests.host_sandbox\x00--inner" in beside.stdout
+        assert "testbed.host_sandbox\x00--inner" in beside.stdout
         assert daemon.alive()
     assert not daemon.alive()
     # The lock is released: the next run on the base proceeds.

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.ansible_run import collection_tree
+from testbed.ansible_run import collection_tree
 
 
 def test_ansible_lint_production_profile():

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from tests.ansible_run import collection_tree
+from testbed.ansible_run import collection_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)

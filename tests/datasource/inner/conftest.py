@@ -8,7 +8,7 @@ import DataSourceXenChannel as dsmod
 import pytest
 from cloudinit import distros, helpers
 
-from tests.stack import Stack
+from testbed.stack import Stack
 
 CHANNEL = dsmod.DEFAULT_CHANNEL
 

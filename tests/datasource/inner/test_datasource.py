@@ -13,7 +13,7 @@ import DataSourceXenChannel as dsmod
 import pytest
 from cloudinit import sources, version
 
-from tests.stack import delivered
+from testbed.stack import delivered
 from xenchannel.protocol import Bundle
 
 FAST = {"connect_timeout": 1.5, "transfer_timeout": 10.0, "wait_timeout": 1.0}

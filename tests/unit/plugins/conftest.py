@@ -18,7 +18,7 @@ from typing import Any, Dict
 
 import pytest
 
-from tests.ansible_run import make_collection_tree
+from testbed.ansible_run import make_collection_tree
 from tests.oracle import libxlutil
 
 

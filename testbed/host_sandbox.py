@@ -2,7 +2,7 @@
 
 How to use it::
 
-    from tests.host_sandbox import HostSandbox
+    from testbed.host_sandbox import HostSandbox
 
     box = HostSandbox(str(tmp_path / "box"), binds=[workdir])
     box.run(["ansible-playbook", ...], timeout=300).check()   # converge
@@ -420,7 +420,7 @@ class HostSandbox:
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         inner_env = dict(os.environ, PYTHONPATH=here)
         return subprocess.Popen(
-            [*unshare, sys.executable, "-m", "tests.host_sandbox", "--inner", spec_path],
+            [*unshare, sys.executable, "-m", "testbed.host_sandbox", "--inner", spec_path],
             env=inner_env,
             cwd=here,
             stdin=stdin,

@@ -16,11 +16,11 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Optional
 
+from testbed.simulator import SimulatedChannel, SimulatorOptions, SimulatorThread
 from xenchannel.dom0.cli import run_command
 from xenchannel.dom0.store import write_domain
 from xenchannel.guest import ClientConfig, GuestClient
 from xenchannel.protocol import Bundle
-from xenchannel.simulator import SimulatedChannel, SimulatorOptions, SimulatorThread
 
 RUNTIME = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime")
 

@@ -2,7 +2,7 @@
 
 import os
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(REPO, ".cache", "cloud-init")
 VERSIONS = ("22.4", "25.1")
 

@@ -9,7 +9,7 @@ No network namespace has any interface but lo.
 ``Sandbox(base, version)`` prepares the cloud.cfg and the environment; ``boot(name,
 commands)`` runs a list of cloud-init sub-commands (one "boot") and returns a ``Boot``
 with each command's output, exit status and wall time.  This file is also the program
-run inside the namespaces (``python -m tests.datasource.sandbox --inner SPEC``).
+run inside the namespaces (``python -m testbed.cloud_init_sandbox --inner SPEC``).
 """
 
 import json
@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from tests.datasource.cloudinit_trees import REPO, dist_packages
+from testbed.cloud_init_trees import REPO, dist_packages
 
 OVERLAID = ("etc", "var", "root", "home")
 CHANNEL = "org.xenchannel.provision.0"
@@ -224,7 +224,7 @@ class Sandbox:
         subprocess.run(
             ["unshare", "--mount", "--uts", "--net", "--ipc", "--pid", "--fork",
              "--mount-proc", "--propagation", "private",
-             sys.executable, "-m", "tests.datasource.sandbox", "--inner", spec],
+             sys.executable, "-m", "testbed.cloud_init_sandbox", "--inner", spec],
             env=self.env,
             cwd=REPO,
             check=True,

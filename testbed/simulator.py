@@ -40,7 +40,7 @@ Each switch of :class:`SimulatorOptions` mimics one real behaviour:
 ``cut_host_after``
     the dom0 connection drops mid-stream (agent crash, QEMU restart).
 
-Run ``python -m xenchannel.simulator --socket PATH [--link PATH] ...`` for a standalone
+Run ``python -m testbed.simulator --socket PATH [--link PATH] ...`` for a standalone
 channel; it prints ``device=/dev/pts/N socket=PATH`` once ready and cleans up on
 SIGTERM/SIGINT.
 """
@@ -270,7 +270,7 @@ _AT_PROBES = (b"AT\r", b"ATE0\r", b"AT+GCAP\r", b"ATI\r", b"AT+CGMI\r")
 class _GarbageMaker:
     def __init__(self, seed: Optional[int], port: int) -> None:
         # Not security relevant: reproducible noise for tests.
-        self._rng = random.Random(seed)  # noqa: S311
+        self._rng = random.Random(seed)
         self._port = port
         self._clock = 3.0 + self._rng.random()
 
@@ -1151,7 +1151,7 @@ class SimulatorThread:
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m xenchannel.simulator",
+        prog="python -m testbed.simulator",
         description="Simulate one Xen PV channel: a QEMU-like Unix socket and an hvc-like pty.",
     )
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
@@ -1212,7 +1212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return asyncio.run(_serve(args))
     except (OSError, ValueError) as exc:
-        print(f"xenchannel.simulator: {exc}", file=sys.stderr)
+        print(f"testbed.simulator: {exc}", file=sys.stderr)
         return 1
 
 
