@@ -52,6 +52,11 @@ INSIDE = "/e2e"
 # guest boots alone (the benchmark compares vm1's first boot with the NoCloud one's):
 XEN_JOB = """\
 start_agent
+# 0. A VM xl cannot create: the failure is marked with xl's reason, its steps skipped.
+broken_config
+create broken
+wait_status broken applied agent-status-applied 600
+shutdown_vm broken 180
 # 1. vm1's first boot: identity over the channel, status back to the agent.
 create vm1
 wait_status vm1 applied agent-status-applied 600
@@ -109,15 +114,30 @@ class BootResult(NamedTuple):
     qemu_rc: Optional[int]
     result_dir: str
 
-    def mark(self, name: str, vm: Optional[str] = None, boot: int = 1) -> Optional[Mark]:
-        """The first mark of that name; with vm, the one of that VM's boot."""
+    def mark(
+        self, name: str, vm: Optional[str] = None, boot: int = 1, last: bool = False
+    ) -> Optional[Mark]:
+        """The first (or last) mark of that name; with vm, one of that VM's boot."""
+        found = None
         for m in self.marks:
             if m.name != name:
                 continue
             if vm is None or (
                 f" vm={vm} " in m.detail + " " and f" boot={boot} " in m.detail + " "
             ):
-                return m
+                if not last:
+                    return m
+                found = m
+        return found
+
+    def failure(self, vm: str, boot: int = 1) -> Optional[str]:
+        """Why that VM's boot did not go on (its xl create failed, or the domain died), as
+        dom0's job marked it; None while nothing says so."""
+        for m in self.marks:
+            failed = m.name == "xl-create-failed" or m.name.endswith("-died")
+            if failed and self.mark(m.name, vm, boot) is m:
+                reason = m.detail.partition(" reason=")[2].strip()
+                return f"{m.name}: {reason or 'no reason given'}"
         return None
 
     def console_time(
@@ -125,14 +145,15 @@ class BootResult(NamedTuple):
         vm: str,
         boot: int,
         regex: str,
-        start_mark: str = "xl-create-start",
+        start_mark: str = "xl-create-exec",
         prefix: Optional[str] = None,
     ) -> Optional[float]:
         """Host seconds of the first line of vm's console matching regex in that boot.
 
         Under Xen dom0 streams each guest's console with a ``[vm] `` prefix; under QEMU
         alone the guest's console is the serial port itself (prefix "")."""
-        start = self.mark(start_mark, vm, boot)
+        # The last attempt's start: a retried xl create's first try does not count.
+        start = self.mark(start_mark, vm, boot, last=True)
         if start is None:
             return None
         pattern = re.compile(regex)
@@ -153,12 +174,12 @@ class BootResult(NamedTuple):
         vm: str,
         boot: int,
         regex: str,
-        start_mark: str = "xl-create-start",
+        start_mark: str = "xl-create-exec",
         prefix: Optional[str] = None,
     ) -> Optional[float]:
         """Seconds from the VM's start (``xl create``) to the first console line matching
         regex."""
-        start = self.mark(start_mark, vm, boot)
+        start = self.mark(start_mark, vm, boot, last=True)
         t = self.console_time(vm, boot, regex, start_mark, prefix)
         return None if start is None or t is None else t - start.host
 

@@ -34,20 +34,104 @@ stop_agent() {
 # Each VM's boot count in this job, and its console streamer and phase watcher.
 declare -A BOOT STREAM WATCH
 
+# Why a VM's current boot cannot go on ("" while it can): set when its xl create fails or
+# the domain dies, so the steps after it mark themselves skipped with the reason at once
+# instead of waiting out their bounds for a VM that is not there.
+declare -A FAILED
+# Whether the VM's current boot got past xl create (its disk then holds this boot's record).
+declare -A STARTED
+
+# Skip a step (mark NAME-skipped with the reason) when the VM's boot has failed.
+skip_if_failed() {
+    local vm=$1 name=$2
+    [ -z "${FAILED[$vm]:-}" ] && return 1
+    mark "$name-skipped" vm="$vm" boot="${BOOT[$vm]:-0}" reason="${FAILED[$vm]}"
+    return 0
+}
+
+# Record that the VM's boot cannot go on, and mark it.
+fail_vm() {
+    local vm=$1 name=$2 reason=$3
+    FAILED[$vm]=$reason
+    mark "$name" vm="$vm" boot="${BOOT[$vm]:-0}" reason="$reason"
+}
+
+# The domain still exists (xl knows its name).
+vm_exists() { xl domid "$1" >/dev/null 2>&1; }
+
+# Xen frees a destroyed or shut-down domain's memory asynchronously (it scrubs the pages
+# first), so `xl create` right after a shutdown can find too little and fail with "can't
+# allocate low memory for domain". Wait (bounded) until the hypervisor has what the VM's
+# config asks for plus a margin for the domain's own overhead (page tables, p2m, rings).
+# One `xl info` per poll: under emulation on a busy machine each costs seconds.
+MEMORY_MARGIN_MIB=64
+wait_memory() {
+    local vm=$1 limit=${2:-120} need info free total end
+    need=$(sed -n 's/^memory *= *"\{0,1\}\([0-9][0-9]*\).*/\1/p' "/etc/xen/$vm.cfg" | head -n 1)
+    need=$(( ${need:-512} + MEMORY_MARGIN_MIB ))
+    end=$((SECONDS + limit))
+    while :; do
+        info=$(xl info 2>/dev/null)
+        free=$(printf '%s\n' "$info" | sed -n 's/^free_memory *: *\([0-9][0-9]*\).*/\1/p')
+        total=$(printf '%s\n' "$info" | sed -n 's/^total_memory *: *\([0-9][0-9]*\).*/\1/p')
+        if [ -n "$total" ] && [ "$total" -lt "$need" ]; then
+            fail_vm "$vm" xl-create-failed "the VM needs $need MiB and Xen has $total MiB in all"
+            return 1
+        fi
+        if [ -n "$free" ] && [ "$free" -ge "$need" ]; then
+            mark xen-memory-ready vm="$vm" boot="${BOOT[$vm]}" free_mib="$free" need_mib="$need"
+            return 0
+        fi
+        if [ $SECONDS -ge $end ]; then
+            fail_vm "$vm" xl-create-failed "Xen has ${free:-?} MiB free after ${limit}s, the VM needs $need MiB"
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+# Failures of xl create that say nothing about the VM: libxl's compiled-in bounds on the
+# device model (60 s to start, 10 s per QMP command) are short for QEMU in a dom0 under
+# software emulation on a busy machine ("Post DM startup configs failed, rc=-9", i.e.
+# ERROR_TIMEDOUT), and memory can still be short for a moment. These are retried.
+TRANSIENT_CREATE='device model did not start|rc=-9|[Tt]imed out|Out of memory'
+CREATE_ATTEMPTS=3
+
 # xl create a VM from the config the domain role wrote, and stream its console to ours,
 # each line prefixed with the VM's name. Every mark about the VM says vm= and boot=.
 # Further arguments are xl's KEY=VALUE overrides of the config (an experiment's extra=).
 create() {
-    local vm=$1
+    local vm=$1 log reason attempt=1
     shift
     BOOT[$vm]=$((${BOOT[$vm]:-0} + 1))
-    rm -f "$CONSOLES/guest-$vm.log"
+    FAILED[$vm]=
+    STARTED[$vm]=
     mark xl-create-start vm="$vm" boot="${BOOT[$vm]}"
-    if ! xl create "/etc/xen/$vm.cfg" "$@"; then
-        mark xl-create-failed vm="$vm" boot="${BOOT[$vm]}"
-        return 1
-    fi
-    mark xl-create-done vm="$vm" boot="${BOOT[$vm]}"
+    while :; do
+        log="$R/xl-create-$vm-boot${BOOT[$vm]}-try$attempt.log"
+        wait_memory "$vm" 120 || return 1
+        # A failed attempt's console must not pass for this one's.
+        rm -f "$CONSOLES/guest-$vm.log"
+        mark xl-create-exec vm="$vm" boot="${BOOT[$vm]}" attempt="$attempt"
+        if xl create "/etc/xen/$vm.cfg" "$@" >"$log" 2>&1; then
+            cat "$log"
+            break
+        fi
+        cat "$log"
+        # libxl's first error names the cause; the later ones are its clean-up.
+        reason=$(grep -m 1 'error' "$log" | tr -s ' \t' ' ')
+        reason=${reason:-see $log}
+        # Nothing of a failed create may be left to hold the name or the memory.
+        vm_exists "$vm" && xl destroy "$vm" >/dev/null 2>&1
+        if [ "$attempt" -ge "$CREATE_ATTEMPTS" ] || ! grep -Eq "$TRANSIENT_CREATE" "$log"; then
+            fail_vm "$vm" xl-create-failed "xl create failed (attempt $attempt): $reason"
+            return 1
+        fi
+        mark xl-create-retry vm="$vm" boot="${BOOT[$vm]}" attempt="$attempt" reason="$reason"
+        attempt=$((attempt + 1))
+    done
+    STARTED[$vm]=1
+    mark xl-create-done vm="$vm" boot="${BOOT[$vm]}" attempts="$attempt"
     (tail -n +1 -F "$CONSOLES/guest-$vm.log" 2>/dev/null | sed -u "s/^/[$vm] /") &
     STREAM[$vm]=$!
     watch_phases "$vm"
@@ -97,6 +181,7 @@ unwatch() {
 # Wait (bounded) until the agent's status for the VM says want (delivered, applied).
 wait_status() {
     local vm=$1 want=$2 name=$3 limit=$4 state="" end=$((SECONDS + $4))
+    skip_if_failed "$vm" "$name" && return 1
     # Bounded by the clock, not by a count: each poll starts two Pythons, which takes
     # seconds under emulation.
     while [ $SECONDS -lt $end ]; do
@@ -115,6 +200,10 @@ except ValueError:
             mark "$name-failed" vm="$vm" boot="${BOOT[$vm]:-0}" state=failed
             return 1
         fi
+        if ! vm_exists "$vm"; then
+            fail_vm "$vm" "$name-died" "the domain died (see its console)"
+            return 1
+        fi
         sleep 3
     done
     mark "$name-timeout" vm="$vm" boot="${BOOT[$vm]:-0}" after="${limit}s" state="${state:-none}"
@@ -123,11 +212,20 @@ except ValueError:
 
 # Wait (bounded) until the VM's console shows an extended regex; mark it as NAME.
 wait_console() {
-    local vm=$1 regex=$2 name=$3 limit=$4 end=$((SECONDS + $4))
+    local vm=$1 regex=$2 name=$3 limit=$4 end=$((SECONDS + $4)) next_check=$((SECONDS + 5))
+    skip_if_failed "$vm" "$name" && return 1
     while [ $SECONDS -lt $end ]; do
         if grep -Eq "$regex" "$CONSOLES/guest-$vm.log" 2>/dev/null; then
             mark "$name" vm="$vm" boot="${BOOT[$vm]:-0}"
             return 0
+        fi
+        # xl itself costs a moment under emulation: ask whether the domain lives every 5 s.
+        if [ $SECONDS -ge $next_check ]; then
+            next_check=$((SECONDS + 5))
+            if ! vm_exists "$vm"; then
+                fail_vm "$vm" "$name-died" "the domain died (see its console)"
+                return 1
+            fi
         fi
         sleep 1
     done
@@ -138,6 +236,14 @@ wait_console() {
 # Orderly shutdown (bounded), so the guest disk is clean for the harness to read.
 shutdown_vm() {
     local vm=$1 limit=${2:-120}
+    if ! vm_exists "$vm"; then
+        # Nothing to shut down (xl create failed, or the domain died): keep what it left.
+        mark xl-shutdown-skipped vm="$vm" boot="${BOOT[$vm]:-0}" reason="${FAILED[$vm]:-no such domain}"
+        unwatch "$vm"
+        cp "$CONSOLES/guest-$vm.log" "$R/console-$vm-boot${BOOT[$vm]:-0}.log" 2>/dev/null
+        cp "/var/log/xen/qemu-dm-$vm.log" "$R/qemu-dm-$vm-boot${BOOT[$vm]:-0}.log" 2>/dev/null
+        return 1
+    fi
     mark xl-shutdown-start vm="$vm" boot="${BOOT[$vm]:-0}"
     if timeout "$limit" xl shutdown -w "$vm"; then
         mark xl-shutdown-done vm="$vm" boot="${BOOT[$vm]:-0}"
@@ -160,6 +266,11 @@ disk_of() {
 # VM's disk into $R/<vm>-boot<N>/, with debugfs (no mount; the disk is not in use).
 snapshot() {
     local vm=$1 dest="$R/$1-boot${BOOT[$1]:-0}" dev
+    # The disk would still hold the previous boot's record: never pass it off as this one's.
+    if [ -z "${STARTED[$vm]:-}" ]; then
+        mark snapshot-skipped vm="$vm" boot="${BOOT[$vm]:-0}" reason="${FAILED[$vm]:-not started}"
+        return 1
+    fi
     dev=$(disk_of "$vm")
     mkdir -p "$dest"
     debugfs -R "rdump /var/lib/xenchannel-e2e $dest" "$dev" >"$dest.debugfs.log" 2>&1
@@ -169,6 +280,7 @@ snapshot() {
 # Ask the VM's in-guest agent over the channel, through the dom0 agent (bounded).
 query() {
     local vm=$1
+    skip_if_failed "$vm" query && return 1
     if timeout 60 python3 -m xenchannel.dom0 query "$vm" --timeout 20 >"$R/$vm-query.json" \
         2>"$R/$vm-query.err"; then
         mark query-answered vm="$vm" boot="${BOOT[$vm]:-0}"
@@ -180,6 +292,7 @@ query() {
 # The raw channel benchmark against the guest's echo service (files/channel-bench).
 channel_bench() {
     local vm=$1 socket=$2
+    skip_if_failed "$vm" channel-bench && return 1
     mark channel-bench-start vm="$vm" boot="${BOOT[$vm]:-0}"
     if timeout 600 /usr/sbin/xenchannel-e2e-channel-bench "$socket" 300 >"$R/channel-bench.json"; then
         mark channel-bench-done vm="$vm" boot="${BOOT[$vm]:-0}"
@@ -198,6 +311,13 @@ nocloud_config() {
         -e 's|^disk = .*|disk = [ "format=raw,backendtype=qdisk,vdev=xvda,access=rw,target=/dev/vde", "format=raw,backendtype=qdisk,vdev=xvdb,access=rw,target=/dev/vdf" ]|' \
         /etc/xen/vm1.cfg >/etc/xen/nocloud.cfg
     cp /etc/xen/nocloud.cfg "$R/nocloud.cfg"
+}
+
+# A VM that xl cannot create (its kernel does not exist): the harness's own check that a
+# failed create is reported with xl's reason and the steps after it are skipped at once.
+broken_config() {
+    sed -e '/^channel/d' -e '/^uuid/d' -e '/^disk/d' -e 's/^name = .*/name = "broken"/' \
+        -e 's|^kernel = .*|kernel = "/nonexistent/vmlinuz"|' /etc/xen/vm1.cfg >/etc/xen/broken.cfg
 }
 
 # dom0's view, for the report: xenstore's channel entries, the agent's status. TAG names
