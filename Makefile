@@ -16,7 +16,8 @@ RUNTIME := runtime
 
 $(STAMP): requirements/dev.txt requirements/cloud-init.txt requirements/docs.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt \
+	# Wheels only: a fresh machine has no compiler, and a user should not need one.
+	$(BIN)/pip install --quiet --disable-pip-version-check --only-binary :all: -r requirements/dev.txt \
 		-r requirements/cloud-init.txt -r requirements/docs.txt
 	# The runtime package is standard-library only; make it importable in the venv
 	# without installing a copy, so tests always exercise the working tree.
@@ -54,13 +55,17 @@ system:
 	sh tests/setup-cloud-init.sh
 	sh tests/galaxy_importer/setup.sh >/dev/null
 
-pytest: $(STAMP) system
-	$(BIN)/pytest
+# Inside `make test` the set-up has run once already (tests/tiers.py sets SETUP_DONE).
+SYSTEM := $(if $(filter 1,$(SETUP_DONE)),,system)
+
+# --durations: the slowest tests, so a run's log says where its time went.
+pytest: $(STAMP) $(SYSTEM)
+	$(BIN)/pytest --durations=30
 
 # ansible-test's gates (issue 5): sanity on Python 3.8-3.13, units, the integration
 # targets, with a summary at the end; tests/ansible-test/run.py says what it arranges.
 .PHONY: ansible-test
-ansible-test: $(STAMP) system
+ansible-test: $(STAMP) $(SYSTEM)
 	$(BIN)/python tests/ansible-test/run.py
 
 # The molecule scenarios (issue 6) on Debian containers built here, in a private Docker
@@ -74,10 +79,13 @@ molecule: $(STAMP)
 # collection's dom0 and guests, then the same template under QEMU alone; prints each
 # phase's time and the benchmark's figures. Fails with the reason where it cannot run.
 .PHONY: e2e
-e2e: $(STAMP) system
+e2e: $(STAMP) $(SYSTEM)
 	$(BIN)/pytest tests/e2e
 
-test: lint typecheck pytest ansible-test e2e
+# Each tier in turn, all of them even after one fails, then each one's time and outcome.
+TIERS := lint typecheck pytest ansible-test e2e
+test:
+	$(PYTHON) tests/tiers.py venv system $(TIERS)
 
 bench: $(STAMP) system
 	$(BIN)/python -m benchmarks.run --cloud-init
