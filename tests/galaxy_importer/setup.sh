@@ -22,6 +22,6 @@ fi
 echo "setup-galaxy-importer: installing $REQS into $VENV" >&2
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQS" >&2
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: -r "$REQS" >&2
 echo "$want" >"$STAMP"
 echo "$VENV/bin"
