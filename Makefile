@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNTIME := runtime
 
-.PHONY: venv demo test lint typecheck pytest bench clean system docs
+.PHONY: venv demo test check lint typecheck pytest pytest-fast pytest-needs bench clean system docs
 
 $(STAMP): requirements/dev.txt requirements/cloud-init.txt requirements/docs.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,9 +58,25 @@ system:
 # Inside `make test` the set-up has run once already (tests/tiers.py sets SETUP_DONE).
 SYSTEM := $(if $(filter 1,$(SETUP_DONE)),,system)
 
+# The tests that need nothing but the venv (tests/conftest.py says which need more), run
+# without capabilities and without network by tests/unprivileged.sh, so that a test that
+# needs more than it is marked for fails here.
+pytest-fast: $(STAMP)
+	sh tests/unprivileged.sh $(BIN)/pytest -p no:cacheprovider -m "not needs" --durations=15
+
+# The tests that need root, `make system`'s packages, docker or minutes of CPU.
 # --durations: the slowest tests, so a run's log says where its time went.
-pytest: $(STAMP) $(SYSTEM)
-	$(BIN)/pytest --durations=30
+pytest-needs: $(STAMP) $(SYSTEM)
+	$(BIN)/pytest -m needs --durations=30
+
+# Both, as `make test` runs them.
+pytest: pytest-fast pytest-needs
+
+# The fast tier for everyday work: no root, network or docker, a few minutes; the fuzz
+# tests at a small example count (make test runs them at their full count).
+check: $(STAMP)
+	XENCHANNEL_FUZZ_EXAMPLES=$(CHECK_FUZZ_EXAMPLES) $(PYTHON) tests/tiers.py lint typecheck pytest-fast
+CHECK_FUZZ_EXAMPLES ?= 60
 
 # ansible-test's gates (issue 5): sanity on Python 3.8-3.13, units, the integration
 # targets, with a summary at the end; tests/ansible-test/run.py says what it arranges.
@@ -83,7 +99,7 @@ e2e: $(STAMP) $(SYSTEM)
 	$(BIN)/pytest tests/e2e
 
 # Each tier in turn, all of them even after one fails, then each one's time and outcome.
-TIERS := lint typecheck pytest ansible-test e2e
+TIERS := lint typecheck pytest-fast pytest-needs ansible-test e2e
 test:
 	$(PYTHON) tests/tiers.py venv system $(TIERS)
 

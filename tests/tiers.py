@@ -32,8 +32,8 @@ def run(tiers):
 
 
 def report(results):
-    total = sum(seconds for _, _, seconds in results)
-    print("\n==================== make test: time per tier ====================")
+    total = sum(seconds for _tier, _rc, seconds in results)
+    print("\n==================== time per tier ====================")
     for tier, rc, seconds in results:
         outcome = "ok" if rc == 0 else f"FAILED (exit {rc})"
         print(f"  {tier:<14} {seconds / 60:6.1f} min  {outcome}")
@@ -43,7 +43,7 @@ def report(results):
 def main(argv):
     results = run(argv)
     report(results)
-    return 0 if all(rc == 0 for _, rc, _ in results) else 1
+    return 0 if all(rc == 0 for _tier, rc, _seconds in results) else 1
 
 
 if __name__ == "__main__":

@@ -734,6 +734,7 @@ def _udevadm_with_verify() -> Optional[List[str]]:
     return None
 
 
+@pytest.mark.system  # trixie's udevadm, fetched by make system
 def test_udevadm_verify(tmp_path: Path) -> None:
     udevadm = _udevadm_with_verify()
     if udevadm is None:

@@ -212,7 +212,7 @@ def test_group_or_other_access_is_refused(store: str, sockets: str, mode: int) -
     assert f"{mode:04o}" in message
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+@pytest.mark.root  # chown to another user
 def test_foreign_owner_is_refused(store: str, sockets: str) -> None:
     path = write_raw(store, "web1", doc(sockets))
     os.chown(path, 12345, -1)
