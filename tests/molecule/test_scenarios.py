@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(ROOT, "tests", "molecule", "run.sh")
-# A cold run builds four images (about a minute each) before the first scenario; warm
+# A cold run builds two images (about a minute each) before the first scenario; warm
 # scenarios take one to three minutes on a busy two-CPU machine.
 SCENARIO_TIMEOUT = 1800
 
