@@ -183,6 +183,7 @@ def test_script_is_executable_posix_sh() -> None:
     assert SCRIPT.read_text().startswith("#!/bin/sh\n")
 
 
+@pytest.mark.system  # shellcheck, installed by make system
 def test_shellcheck_posix_sh() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
