@@ -311,3 +311,37 @@ def test_guest_role_check_mode_on_a_fresh_host_writes_nothing(rolebox) -> None:
     run = role.play([GUEST], "--check").check()
     assert run.changed > 0, "check mode must report what it would change\n" + run.output
     assert role.written_everywhere() == []
+
+
+# A minimal image or container has no udev: the role must give it one (and say so in check
+# mode), or refuse with the package to install, before it writes anything.
+PURGE_UDEV = (
+    "DEBIAN_FRONTEND=noninteractive apt-get purge --yes --quiet udev >/dev/null"
+    " && ! test -e /etc/udev/rules.d"
+)
+
+
+@pytest.mark.timeout(SLOW)
+def test_guest_role_installs_udev_on_a_guest_without_it(rolebox) -> None:
+    role = rolebox(net=False)
+    box = role.box
+    role.sh(PURGE_UDEV, timeout=300).check()
+    before = sorted(role.written_everywhere())
+
+    refused = role.play([{**GUEST, "guest_install_udev": False}])
+    assert refused.rc != 0, refused.output
+    assert "This guest has no udev (/etc/udev/rules.d does not exist)" in refused.stdout
+    assert "set guest_install_udev: true" in refused.stdout, refused.output
+    assert sorted(role.written_everywhere()) == before, "a refused guest must be left as it was"
+
+    check = role.play([GUEST], "--check").check()
+    assert "udev would be installed first" in check.stdout, check.output
+    assert sorted(role.written_everywhere()) == before, "check mode must write nothing"
+
+    role.play([GUEST]).check()
+    status = box.run(["dpkg-query", "-W", "-f=${Status}", "udev"], env=CLEAN_ENV).check()
+    assert status.stdout == "install ok installed"
+    rules = "/etc/udev/rules.d/90-xenchannel.rules"
+    assert box.read(rules) == (REPO / "runtime/udev/90-xenchannel.rules").read_text()
+    assert box.mode("/usr/lib/udev/xenchannel-console-setup") == 0o755
+    assert role.play([GUEST]).check().changed == 0
