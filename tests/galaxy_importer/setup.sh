@@ -10,7 +10,11 @@ REQS="$ROOT/requirements/galaxy-importer.txt"
 VENV="$ROOT/.cache/galaxy-importer/venv"
 STAMP="$VENV/.installed"
 
-PYTHON=${PYTHON:-$(pyenv root 2>/dev/null)/versions/3.11.7/bin/python3.11}
+# Without pyenv (a fresh Debian machine) the substitution fails, and under set -e a failed
+# substitution in an assignment ends the script: "|| true" keeps going to python3.11.
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=$(pyenv root 2>/dev/null || true)/versions/3.11.7/bin/python3.11
+fi
 [ -x "$PYTHON" ] || PYTHON=python3.11
 
 want=$(sha256sum "$REQS" | cut -d' ' -f1)
