@@ -62,6 +62,11 @@ TEMPLATE_INPUTS = (
     "datasource",
     "playbooks/template.yml",
 )
+# What a Debian template has beside cloud-init and what the roles install: a machine the
+# demo runs on may lack them (a minimal install has no systemd and no iproute2).
+TEMPLATE_PACKAGES = ("systemd", "iproute2")
+RENDERER_CFG = "/etc/cloud/cloud.cfg.d/90-xenchannel-demo-renderer.cfg"
+RENDERER_CFG_TEXT = "system_info:\n  network:\n    renderers: [networkd]\n"
 # Device nodes a guest boot needs; /dev itself is the demo's own directory, so the
 # channel link can be made without touching this machine's /dev.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
@@ -108,6 +113,7 @@ def checked(result: Result, what: str) -> Result:
 
 def inputs_key(cloud_init_deb: str) -> str:
     digest = hashlib.sha256(os.path.basename(cloud_init_deb).encode())
+    digest.update(repr((TEMPLATE_PACKAGES, RENDERER_CFG, RENDERER_CFG_TEXT)).encode())
     for top in TEMPLATE_INPUTS:
         path = os.path.join(REPO, top)
         files = [path] if os.path.isfile(path) else []
@@ -146,8 +152,26 @@ class Ansible:
         return [ansible_run.PLAYBOOK, "-i", inventory, *options, playbook]
 
 
-def build_template(progress: Progress, ansible: Ansible) -> str:
-    """The cached template's sandbox base (its ``upper/`` is the template's layer)."""
+def apt_install(box: HostSandbox, packages: Sequence[str], where: str) -> str:
+    """Install Debian packages into a sandbox with apt (from the host's network, into the
+    download cache kept between runs); return the apt configuration it used."""
+    apt_conf = os.path.join(box.share, "apt.conf")
+    with open(apt_conf, "w") as handle:
+        # The cache is root's; apt's unprivileged _apt user could not write there.
+        handle.write(f'Dir::Cache::Archives "{APT_ARCHIVES}/";\nAPT::Sandbox::User "root";\n')
+    env = dict(CLEAN_ENV, APT_CONFIG=apt_conf, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "-y", "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", "install"]
+    result = box.run([*install, *packages], env=env, timeout=900)
+    if result.rc != 0:
+        # A machine whose package lists are old or absent: refresh them once.
+        checked(box.run(["apt-get", "update", "-q"], env=env, timeout=600), "apt-get update")
+        result = box.run([*install, *packages], env=env, timeout=900)
+    checked(result, f"installing {' '.join(os.path.basename(p) for p in packages)} into {where}")
+    return apt_conf
+
+
+def build_template(progress: Progress, ansible: Ansible, work: str) -> str:
+    """The cached template: a directory whose ``upper/`` is the template's layer."""
     deb = find_cloud_init_deb()
     final = os.path.join(CACHE, f"template-{inputs_key(deb)}")
     if os.path.isdir(os.path.join(final, "upper")):
@@ -162,26 +186,27 @@ def build_template(progress: Progress, ansible: Ansible) -> str:
     for old in os.listdir(CACHE):
         if old.startswith("template-"):
             shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
-    building = os.path.join(CACHE, "building")
-    shutil.rmtree(building, ignore_errors=True)
+    # Built under the work directory in /tmp: the sandbox overlays the directories a
+    # clone may live in (/root, /home, /srv, /opt), and overlayfs refuses an upper layer
+    # inside its own lower one. Only the finished layer moves into the cache.
+    building = os.path.join(work, "template")
     # net=False keeps the host network for apt (cloud-init's dependencies and
     # xenstore-utils come from Debian, into a cache kept between runs).
     box = HostSandbox(building, net=False, binds=[ansible.collections, APT_ARCHIVES])
     shutil.copy(deb, box.share)
-    apt_conf = os.path.join(box.share, "apt.conf")
-    with open(apt_conf, "w") as handle:
-        # The cache is root's; apt's unprivileged _apt user could not write there.
-        handle.write(f'Dir::Cache::Archives "{APT_ARCHIVES}/";\nAPT::Sandbox::User "root";\n')
-    progress.note(f"apt-get install {os.path.basename(deb)} (Debian bookworm's cloud-init)")
+    progress.note(
+        f"apt-get install {os.path.basename(deb)} (Debian bookworm's cloud-init)"
+        f" {' '.join(TEMPLATE_PACKAGES)}"
+    )
+    apt_conf = apt_install(
+        box, [os.path.join(box.share, os.path.basename(deb)), *TEMPLATE_PACKAGES], "the template"
+    )
+    # cloud-init picks the first network renderer it finds installed (ifupdown's before
+    # systemd-networkd's); naming one keeps what the clone gets the same on every machine.
     checked(
-        box.run(
-            ["apt-get", "-y", "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", "install",
-             os.path.join(box.share, os.path.basename(deb))],
-            env=dict(CLEAN_ENV, APT_CONFIG=apt_conf, DEBIAN_FRONTEND="noninteractive"),
-            timeout=900,
-        ),
-        "installing cloud-init into the template",
-    )  # fmt: skip
+        box.run(["sh", "-c", f"cat > {RENDERER_CFG}"], env=CLEAN_ENV, input=RENDERER_CFG_TEXT),
+        f"writing {RENDERER_CFG}",
+    )
     inventory = os.path.join(box.share, "inventory.yml")
     with open(inventory, "w") as handle:
         yaml.safe_dump({"templates": {"hosts": {"localhost": LOCAL_HOST}}}, handle)
@@ -200,7 +225,16 @@ def build_template(progress: Progress, ansible: Ansible) -> str:
         ),
         "playbooks/template.yml",
     )
-    os.rename(building, final)
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    # mv keeps the overlay's whiteouts and xattrs, also across file systems.
+    subprocess.run(
+        ["mv", os.path.join(building, "upper"), os.path.join(partial, "upper")],  # noqa: S607
+        check=True,
+        timeout=600,
+    )
+    os.rename(partial, final)
     return final
 
 
@@ -235,9 +269,11 @@ def provision_dom0(progress: Progress, ansible: Ansible, work: str, sockets: str
     )
     # QEMU's channel sockets live under the agent's socket root; it is this directory,
     # so the simulator (QEMU's stand-in, outside the sandbox) can listen there.
-    box = HostSandbox(
-        os.path.join(work, "dom0"), binds=[ansible.collections, (sockets, "/run/xenchannel")]
-    )
+    base = os.path.join(work, "dom0")
+    box = HostSandbox(base, binds=[ansible.collections, (sockets, "/run/xenchannel")])
+    # A dom0 runs systemd: its tmpfiles make the agent's socket root at boot. apt runs on
+    # the same layers with the host network (net=False); the agent will not.
+    apt_install(HostSandbox(base, net=False, binds=[APT_ARCHIVES]), ["systemd"], "dom0")
     checked(
         box.run(
             ["sh", "-c", "mkdir -p /etc/xen/templates && cat > /etc/xen/templates/debian12.cfg"],
@@ -414,7 +450,7 @@ def run_demo(work: str, rate: Optional[float]) -> int:
     print("xenchannel demo: dom0 and one clone, each in a sandbox on this machine; no Xen host.")
     ansible = Ansible(os.path.join(work, "ansible"))
     try:
-        template = build_template(progress, ansible)
+        template = build_template(progress, ansible, work)
         sockets = os.path.join(work, "sockets")
         os.makedirs(sockets, mode=0o700)
         dom0 = provision_dom0(progress, ansible, work, sockets)

@@ -98,13 +98,14 @@ def _inner(spec_path: str) -> int:
     """Pid 1 of the sandbox: mount, run the one command with its bound, exit with its rc."""
     with open(spec_path) as handle:
         spec = json.load(handle)
+    # The overlays and the fresh tmpfs mounts hide the host's own directories (a bind's
+    # source under /root would be the overlay's copy, under /tmp gone): a descriptor
+    # opened before any of them keeps each source the real one.
+    sources = [(os.open(src, os.O_PATH), os.path.isdir(src), dst) for src, dst in spec["binds"]]
     for top, upper, work in spec["overlays"]:
         _mount(
             "-t", "overlay", "overlay", "-o", f"lowerdir={top},upperdir={upper},workdir={work}", top
         )
-    # The fresh tmpfs mounts hide whatever of the host lives under /tmp or /run, binds'
-    # sources included; a descriptor opened before keeps each source reachable.
-    sources = [(os.open(src, os.O_PATH), os.path.isdir(src), dst) for src, dst in spec["binds"]]
     for top in FRESH_TMPFS:
         _mount("-t", "tmpfs", "-o", "mode=1777" if top == "/tmp" else "mode=0755", "tmpfs", top)
     for fd, is_dir, dst in sources:
@@ -199,7 +200,9 @@ class Running:
     ) -> Result:
         """Run ``argv`` in the same namespaces (mounts, pids, network) as the started one."""
         assert self.alive(), "the sandbox's command has ended; nothing to run beside it"
-        nsenter = ["nsenter", "-t", str(self.pid), "--mount", "--uts", "--ipc", "--pid"]
+        # --root: entering a mount namespace resets the root to that namespace's own; a
+        # sandbox started inside a chroot (a pristine test machine) must stay in it.
+        nsenter = ["nsenter", "-t", str(self.pid), "--mount", "--uts", "--ipc", "--pid", "--root"]
         if self.box.net:
             nsenter.append("--net")
         proc = subprocess.Popen(
@@ -287,8 +290,9 @@ class HostSandbox:
                 )
             if (self.base + "/").startswith(top + "/"):
                 raise AssertionError(
-                    f"sandbox base {self.base} lies inside the overlaid {top};"
-                    " put it under /tmp or /work"
+                    f"sandbox base {self.base} lies inside {top}, which the sandbox"
+                    " overlays (overlayfs refuses an upper layer inside its lower one);"
+                    " put the base under /tmp"
                 )
         self.net = net
         self.hostname = hostname

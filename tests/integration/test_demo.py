@@ -2,7 +2,9 @@
 
 The demo is the whole flow (template, dom0, a clone's cloud-init boot over the channel
 simulator) through the collection's own playbooks and roles; this runs it as a user
-would and checks what it says the clone ended up with.
+would, from wherever this checkout is (CI clones into /tmp), and checks what it says the
+clone ended up with. tests/pristine runs it again on a machine with only what the README
+lists, from a clone in a home directory with a space in its path.
 """
 
 import os
