@@ -26,6 +26,7 @@ NEEDS_BY_PATH = {
     "tests/datasource/test_ds_identify.py": ("system",),
     "tests/datasource/test_install_ways.py": ("system",),
     "tests/integration/test_demo.py": ("root", "system"),
+    "tests/pristine/": ("root", "system"),
     "tests/integration/test_guest_agent.py": ("root",),
     "tests/integration/test_unit_ordering.py": ("system",),
 }

@@ -24,6 +24,8 @@ kernel     the trixie kernel package, unpacked: vmlinuz and its modules (the sam
 dom0root   trixie root with the Xen 4.20 hypervisor, xl, xenstored, qemu-system-xen,
            python3; plus the hypervisor itself, gunzipped (QEMU's -kernel loads only an
            uncompressed multiboot image).
+pristine   bookworm minbase root with only what the README asks of a user's machine
+           (python3, python3-venv, make, git): tests/pristine runs the README there.
 guestroot  trixie root with systemd, udev, cloud-init, xenstore-utils, openssh-server: what
            a template carries before the collection touches it.
 initrds    two small busybox initramfs images that load the block driver and ext4 and
@@ -91,6 +93,10 @@ DOM0_PACKAGES = [
     "python3",
     "e2fsprogs",
 ]
+# Exactly what the README asks of a user's machine: Debian 12, python3 (3.11), python3-venv,
+# make and git. The machine's registry set-up is carried in by the test that uses it.
+PRISTINE_SUITE = "bookworm"
+PRISTINE_PACKAGES = ["python3", "python3-venv", "make", "git"]
 GUEST_PACKAGES = [
     "systemd",
     "systemd-sysv",
@@ -168,10 +174,10 @@ def in_root(root: str, argv: Sequence[str], what: str, binds: Sequence[tuple] = 
     )
 
 
-def debootstrap(root: str, packages: Sequence[str], name: str) -> None:
-    """A trixie minbase root with packages installed by apt (not by debootstrap --include,
-    which resolves neither virtual packages nor alternatives: cloud-init's dependencies
-    fail that way)."""
+def debootstrap(root: str, packages: Sequence[str], name: str, suite: str = SUITE) -> None:
+    """A minbase root (trixie unless told) with packages installed by apt (not by
+    debootstrap --include, which resolves neither virtual packages nor alternatives:
+    cloud-init's dependencies fail that way)."""
     os.makedirs(os.path.join(DEBS, "partial"), exist_ok=True)
     t = time.monotonic()
     run(
@@ -180,13 +186,13 @@ def debootstrap(root: str, packages: Sequence[str], name: str) -> None:
             "--variant=minbase",
             f"--cache-dir={DEBS}",
             f"--keyring={KEYRING}",
-            SUITE,
+            suite,
             root,
             MIRROR,
         ],
-        f"debootstrap {SUITE} for {name}",
+        f"debootstrap {suite} for {name}",
     )
-    log(f"  {name}: debootstrap {SUITE} minbase {time.monotonic() - t:.1f} s")
+    log(f"  {name}: debootstrap {suite} minbase {time.monotonic() - t:.1f} s")
     # Daemons must not start inside a build root; invoke-rc.d asks policy-rc.d first.
     policy = os.path.join(root, "usr/sbin/policy-rc.d")
     with open(policy, "w") as f:
@@ -325,6 +331,16 @@ def build_guestroot(out: str, deps: Dict[str, str]) -> None:
     open(os.path.join(root, "etc/machine-id"), "w").close()
     version = in_root(root, ["cloud-init", "--version"], "cloud-init --version").strip()
     log(f"  guestroot: {version}")
+
+
+@step("pristine", params=(PRISTINE_SUITE, MIRROR, PRISTINE_PACKAGES), helpers=[debootstrap])
+def build_pristine(out: str, deps: Dict[str, str]) -> None:
+    root = os.path.join(out, "root")
+    debootstrap(root, PRISTINE_PACKAGES, "pristine", suite=PRISTINE_SUITE)
+    # apt's lists stay (a user's machine has them); its downloaded .debs were never here
+    # (the build's cache was bound over /var/cache/apt/archives).
+    version = in_root(root, ["python3", "--version"], "python3 --version").strip()
+    log(f"  pristine: {PRISTINE_SUITE} minbase, {version}, {' '.join(PRISTINE_PACKAGES)}")
 
 
 def module_closure(moddir: str, names: Sequence[str]) -> List[str]:
