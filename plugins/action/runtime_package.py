@@ -4,8 +4,9 @@
 """Action plugin of xenchannel.provision.runtime_package: pack the runtime, send it once.
 
 The collection ships its runtime package in ``runtime/xenchannel`` (galaxy.yml does not
-exclude it). This plugin finds it relative to its own file, packs it into one
-deterministic .tar.gz with a manifest of each file's SHA-256, transfers the archive to
+exclude it). This plugin finds it relative to its own file, packs the files of the
+components the task names (module_utils/runtime_package.py says which files each has) into
+one deterministic .tar.gz with a manifest of each file's SHA-256, transfers the archive to
 the host's temporary directory and runs the module, which installs what differs. One
 transfer and one module run replace a copy task per file.
 """
@@ -20,8 +21,11 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.xenchannel.provision.plugins.module_utils.runtime_package import (
     PACKAGE,
-    REQUIRED_FILES,
+    PackageError,
+    check_components,
+    in_components,
     is_cache,
+    required_files,
 )
 
 MODULE = "xenchannel.provision.runtime_package"
@@ -54,14 +58,16 @@ def package_files(source):
     return sorted(found)
 
 
-def pack(source=RUNTIME_SOURCE):
-    """Pack ``source`` into a Package; the same files always give the same bytes.
+def pack(components, source=RUNTIME_SOURCE):
+    """Pack the files of ``components`` in ``source``; the same files give the same bytes.
 
     Names are sorted and every header has the same mtime, owner and mode, and the gzip
     header has no name or time, so only the files' names and contents matter.
     """
+    components = check_components(components)
     files = package_files(source) if os.path.isdir(source) else []
-    missing = [name for name in REQUIRED_FILES if name not in files]
+    missing = [name for name in required_files(components) if name not in files]
+    files = [name for name in files if in_components(name, components)]
     if missing:
         absent = os.path.join(source, missing[0]) if files else source
         raise AnsibleActionFail(
@@ -90,13 +96,16 @@ def pack(source=RUNTIME_SOURCE):
 class ActionModule(ActionBase):
     TRANSFERS_FILES = True
     # src and manifest are the plugin's to fill in.
-    _VALID_ARGS = frozenset(("dest", "owner", "group", "mode", "directory_mode"))
+    _VALID_ARGS = frozenset(("dest", "components", "owner", "group", "mode", "directory_mode"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp  # unused since ansible-core 2.10
         try:
-            package = pack()
+            try:
+                package = pack(self._task.args.get("components"))
+            except PackageError as exc:
+                raise AnsibleActionFail(str(exc)) from None
             module_args = dict(self._task.args, manifest=package.manifest)
             # Check mode compares with the manifest only: nothing to send.
             if not self._task.check_mode:

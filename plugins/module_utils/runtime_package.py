@@ -7,9 +7,10 @@ Not a public API; only this collection's runtime_package action plugin and modul
 
 The rules the controller side (the action plugin, which packs the collection's
 ``runtime/xenchannel``) and the target side (the module, which installs it) must agree on
-live here once: which files belong to the package, which names are acceptable, and what
-the package must hold. The module's work is the ``RuntimeInstaller`` class. It runs on the
-target, so it must work on Python 3.8 and imports only the standard library.
+live here once: which files belong to the package, which of them each kind of host runs
+(its components), which names are acceptable, and what the package must hold. The
+module's work is the ``RuntimeInstaller`` class. It runs on the target, so it must work
+on Python 3.8 and imports only the standard library.
 """
 
 import grp
@@ -24,9 +25,21 @@ import tarfile
 import tempfile
 
 PACKAGE = "xenchannel"
-# Without these the package cannot serve either side; a collection that lacks them was
-# built or installed wrongly.
-REQUIRED_FILES = ("__init__.py", "dom0/agent.py", "guest/agent.py")
+# What each kind of host runs, as package-relative names; a name ending in / stands for
+# everything under that directory. A guest runs the guest client, the in-guest agent and
+# what the datasource imports (xenchannel.guest), dom0 runs its agent and the store and
+# bundle rules the collection's modules import (xenchannel.dom0); both speak the protocol.
+# No guest code on dom0, no dom0 code on a guest: each host runs and imports all it has.
+COMPONENTS = {
+    "dom0": ("__init__.py", "protocol.py", "dom0/"),
+    "guest": ("__init__.py", "protocol.py", "guest/"),
+}
+# Without these a component cannot run; a collection that lacks them was built or
+# installed wrongly.
+REQUIRED_FILES = {
+    "dom0": ("__init__.py", "protocol.py", "dom0/agent.py"),
+    "guest": ("__init__.py", "protocol.py", "guest/agent.py"),
+}
 # Python's own caches: never shipped, and left alone where the package is installed.
 CACHE_DIR = "__pycache__"
 CACHE_SUFFIXES = (".pyc", ".pyo")
@@ -43,6 +56,38 @@ def is_cache(relative):
     """True for Python's caches: anything under ``__pycache__`` and ``*.pyc``/``*.pyo``."""
     parts = relative.split("/")
     return CACHE_DIR in parts or parts[-1].endswith(CACHE_SUFFIXES)
+
+
+def check_components(components):
+    """The chosen components, sorted without repeats, if each is one this package has.
+
+    A string is a comma-separated list, as Ansible's ``list`` options read it.
+    """
+    if isinstance(components, str):
+        components = [name.strip() for name in components.split(",") if name.strip()]
+    chosen = components if isinstance(components, (list, tuple)) else []
+    unknown = [str(name) for name in chosen if name not in COMPONENTS]
+    if not chosen or unknown:
+        given = f"{', '.join(unknown)} is not one" if unknown else "none is given"
+        raise PackageError(
+            f"components must name what the host runs, one or more of "
+            f"{', '.join(sorted(COMPONENTS))}, and {given}; for example components: [guest]"
+        )
+    return tuple(sorted(set(chosen)))
+
+
+def in_components(relative, components):
+    """True if the package-relative file ``relative`` belongs to one of ``components``."""
+    for component in components:
+        for name in COMPONENTS[component]:
+            if relative == name or (name.endswith("/") and relative.startswith(name)):
+                return True
+    return False
+
+
+def required_files(components):
+    """The files without which ``components`` cannot run, sorted."""
+    return sorted({name for component in components for name in REQUIRED_FILES[component]})
 
 
 def check_name(name):
@@ -85,8 +130,8 @@ def check_dest(dest):
     return normal
 
 
-def check_manifest(manifest):
-    """The manifest (relative name -> SHA-256) if complete and well formed."""
+def check_manifest(manifest, components):
+    """The manifest (relative name -> SHA-256) if well formed and exactly ``components``."""
     if not isinstance(manifest, dict) or not manifest:
         raise PackageError(
             "the package manifest is missing; use xenchannel.provision.runtime_package as a "
@@ -99,7 +144,13 @@ def check_manifest(manifest):
                 f"the package manifest has no SHA-256 for {name}; run the task again with an "
                 "intact xenchannel.provision collection"
             )
-    missing = [name for name in REQUIRED_FILES if name not in manifest]
+        if not in_components(name, components):
+            raise PackageError(
+                f"the package manifest names {name}, which is not part of the components "
+                f"{', '.join(components)}; run the task again with an intact "
+                "xenchannel.provision collection"
+            )
+    missing = [name for name in required_files(components) if name not in manifest]
     if missing:
         raise PackageError(
             f"the runtime package lacks {', '.join(missing)}; reinstall the "
@@ -200,6 +251,7 @@ class RuntimeInstaller:
         self,
         dest,
         manifest,
+        components,
         *,
         owner="root",
         group="root",
@@ -208,7 +260,8 @@ class RuntimeInstaller:
         check_mode=False,
     ):
         self.dest = check_dest(dest)
-        self.manifest = check_manifest(manifest)
+        self.components = check_components(components)
+        self.manifest = check_manifest(manifest, self.components)
         self.uid = account_id(owner, "owner")
         self.gid = account_id(group, "group")
         self.mode = parse_mode(mode, "mode")
@@ -390,6 +443,7 @@ class RuntimeInstaller:
         return {
             "changed": self.changed,
             "dest": self.dest,
+            "components": list(self.components),
             "installed": sorted(self.installed),
             "updated": sorted(self.updated),
             "removed": sorted(self.removed),

@@ -17,6 +17,8 @@ description:
     O(dest) on the managed host, so that the host runs exactly the runtime of the collection
     that configures it. The C(xenchannel.provision.dom0_agent) and C(xenchannel.provision.guest)
     roles install the runtime with it.
+  - Only the components the host runs are installed (O(components)), so dom0 holds no guest
+    code and a guest no dom0 code, and everything installed imports there.
   - On the controller, the action plugin packs the collection's C(runtime/xenchannel) into
     one archive, without Python's caches (C(__pycache__), C(*.pyc)), with a manifest of each
     file's SHA-256, and sends it to the host in one transfer.
@@ -60,6 +62,18 @@ options:
         the package does not ship are removed.
       - Its parent directory is created if it is missing.
     type: path
+    required: true
+  components:
+    description:
+      - What the host runs. V(guest) is the protocol, the guest client, the in-guest agent
+        and what the C(XenChannel) datasource imports (C(xenchannel.guest)); it runs on
+        Python 3.6 or later. V(dom0) is the protocol and the dom0 agent with the store and
+        bundle rules this collection's modules import (C(xenchannel.dom0)).
+      - Files of a component not listed are removed from O(dest), like any file the
+        collection does not ship.
+    type: list
+    elements: str
+    choices: [dom0, guest]
     required: true
   owner:
     description:
@@ -105,14 +119,16 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Install the runtime into Debian's system Python
+- name: Install the guest's runtime into Debian's system Python
   xenchannel.provision.runtime_package:
     dest: /usr/lib/python3/dist-packages/xenchannel
+    components: [guest]
   become: true
 
 - name: Install it into a virtual environment, owned by the service's user
   xenchannel.provision.runtime_package:
     dest: /opt/xenchannel/venv/lib/python3.11/site-packages/xenchannel
+    components: [dom0]
     owner: xenchannel
     group: xenchannel
     mode: "0640"
@@ -133,6 +149,12 @@ dest:
   returned: always
   type: str
   sample: /usr/lib/python3/dist-packages/xenchannel
+components:
+  description: The components installed, sorted.
+  returned: always
+  type: list
+  elements: str
+  sample: ["guest"]
 installed:
   description:
     - Files and directories that did not exist and were (or, in check mode, would be)
@@ -164,12 +186,19 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.xenchannel.provision.plugins.module_utils.runtime_package import (
+    COMPONENTS,
     PackageError,
     RuntimeInstaller,
 )
 
 ARGUMENT_SPEC = {
     "dest": {"type": "path", "required": True},
+    "components": {
+        "type": "list",
+        "elements": "str",
+        "choices": sorted(COMPONENTS),
+        "required": True,
+    },
     "owner": {"type": "str", "default": "root"},
     "group": {"type": "str", "default": "root"},
     "mode": {"type": "raw", "default": "0644"},
@@ -186,6 +215,7 @@ def main():
         installer = RuntimeInstaller(
             params["dest"],
             params["manifest"],
+            params["components"],
             owner=params["owner"],
             group=params["group"],
             mode=params["mode"],

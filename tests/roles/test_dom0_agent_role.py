@@ -17,6 +17,7 @@ import pytest
 
 from testbed import ansible_run
 from testbed.host_sandbox import HostSandbox, Result, Running
+from tests.roles.runtime_manifest import IMPORT_ALL, module_names, runtime_files
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = "/usr/lib/python3/dist-packages/xenchannel"
@@ -145,15 +146,6 @@ def dom0box(tmp_path):
         role.close()
 
 
-def runtime_files() -> List[str]:
-    base = REPO / "runtime" / "xenchannel"
-    return sorted(
-        str(p.relative_to(base))
-        for p in base.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    )
-
-
 def test_converges_then_changes_nothing(converged) -> None:
     _role, first, second = converged
     assert first.changed > 0, first.output
@@ -164,15 +156,20 @@ def test_converges_then_changes_nothing(converged) -> None:
 def test_runtime_installed_and_imported_from_the_system_path(converged) -> None:
     role, _first, _second = converged
     box = role.box
-    for rel in runtime_files():
+    for rel in runtime_files("dom0"):
         assert box.mode(f"{PKG}/{rel}") == 0o644, rel
     assert box.mode(PKG) == 0o755 and box.mode(f"{PKG}/dom0") == 0o755
-    assert sorted(p[len(PKG) + 1 :] for p in box.written(PKG)) == runtime_files()
+    assert sorted(p[len(PKG) + 1 :] for p in box.written(PKG)) == runtime_files("dom0")
     probe = box.run(
         ["/usr/bin/python3", "-I", "-c", "import xenchannel.dom0.agent as a; print(a.__file__)"],
         env=CLEAN_ENV,
     )
     assert probe.check().stdout.strip() == f"{PKG}/dom0/agent.py"
+    # Every module the role installed imports there: none needs code dom0 lacks.
+    every = box.run(
+        ["/usr/bin/python3", "-I", "-c", IMPORT_ALL, *module_names("dom0")], env=CLEAN_ENV
+    ).check()
+    assert every.stdout.strip() == f"{PKG}/__init__.py"
 
 
 def test_directories_config_unit_and_tmpfiles(converged) -> None:

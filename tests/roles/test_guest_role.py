@@ -19,6 +19,7 @@ import pytest
 
 from testbed import ansible_run
 from testbed.host_sandbox import HostSandbox, Result
+from tests.roles.runtime_manifest import IMPORT_ALL, module_names, runtime_files
 
 REPO = Path(__file__).resolve().parents[2]
 TRIXIE_UDEVADM = REPO / ".cache" / "udevadm-trixie" / "udevadm"
@@ -152,16 +153,6 @@ AGENT_WANTS = "/etc/systemd/system/multi-user.target.wants/xenchannel-guest-agen
 DROPIN = "/etc/systemd/system/xenchannel-guest-agent.service.d/50-xenchannel-provision.conf"
 
 
-def runtime_files() -> List[str]:
-    """The package files the role must install, relative to the package directory."""
-    base = REPO / "runtime" / "xenchannel"
-    return sorted(
-        str(p.relative_to(base))
-        for p in base.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    )
-
-
 def udevadm_with_verify() -> List[str]:
     for candidate in (str(TRIXIE_UDEVADM), "udevadm"):
         try:
@@ -187,12 +178,12 @@ def test_guest_role_converges_idempotently_with_real_effects(rolebox) -> None:
 
     # The runtime: every shipped file, root-owned 0644 in 0755 directories, nothing else.
     pkg = "/usr/lib/python3/dist-packages/xenchannel"
-    for rel in runtime_files():
+    for rel in runtime_files("guest"):
         assert box.mode(f"{pkg}/{rel}") == 0o644, rel
     assert box.mode(pkg) == 0o755 and box.mode(f"{pkg}/guest/apply") == 0o755
     assert not box.exists(f"{pkg}/__pycache__")
     installed = sorted(p[len(pkg) + 1 :] for p in box.written(pkg))
-    assert installed == runtime_files()
+    assert installed == runtime_files("guest")
     # ... and imported by the sandbox's own Debian python3, from there, not from the repo.
     probe = box.run(
         [
@@ -207,6 +198,11 @@ def test_guest_role_converges_idempotently_with_real_effects(rolebox) -> None:
     box.run(
         ["/usr/bin/python3", "-I", "-m", "xenchannel.guest.agent", "--help"], env=CLEAN_ENV
     ).check()
+    # Every module the role installed imports there: none needs code the guest lacks.
+    every = box.run(
+        ["/usr/bin/python3", "-I", "-c", IMPORT_ALL, *module_names("guest")], env=CLEAN_ENV
+    ).check()
+    assert every.stdout.strip() == f"{pkg}/__init__.py"
 
     # udev: the rule and helper as shipped, with their modes; the rule passes udevadm verify.
     rules = "/etc/udev/rules.d/90-xenchannel.rules"

@@ -55,6 +55,7 @@ def sent(tmp_path: Any) -> Dict[str, Any]:
         "dest": str(tmp_path / "site" / "xenchannel"),
         "src": archive(str(tmp_path / "runtime.tar.gz"), PACKAGE),
         "manifest": manifest_of(PACKAGE),
+        "components": ["dom0", "guest"],
         "owner": OWNER,
         "group": GROUP,
     }
@@ -168,6 +169,45 @@ def test_files_no_longer_shipped_go_and_python_caches_stay(sent: Dict[str, Any])
     assert "guest/old_module.py" in result["diff"]["before"]
     assert "guest/old_module.py" not in result["diff"]["after"]
     assert run(sent)["changed"] is False
+
+
+def test_one_component_installs_it_alone_and_drops_the_others_files(
+    sent: Dict[str, Any], tmp_path: Any
+) -> None:
+    run(sent)  # both components, as an older collection installed everything
+    guest = {name: data for name, data in PACKAGE.items() if not name.startswith("dom0/")}
+    only_guest = {
+        **sent,
+        "src": archive(str(tmp_path / "guest.tar.gz"), guest),
+        "manifest": manifest_of(guest),
+        "components": ["guest"],
+    }
+    result = run(only_guest)
+    assert result["changed"] is True and result["components"] == ["guest"]
+    assert result["removed"] == ["dom0/"] and result["installed"] == []
+    assert sorted(tree(sent["dest"])) == sorted([*guest, "guest/", "guest/apply/"])
+    assert run(only_guest)["changed"] is False
+
+
+def test_a_manifest_beyond_its_components_is_refused(sent: Dict[str, Any]) -> None:
+    result = fail_module(runtime_package.main, {**sent, "components": ["guest"]})
+    assert "names dom0/__init__.py, which is not part of the components guest" in result["msg"]
+    assert not os.path.exists(os.path.dirname(sent["dest"]))
+
+
+@pytest.mark.parametrize(
+    ("components", "sentence"),
+    [
+        pytest.param(None, "missing required arguments: components", id="missing"),
+        pytest.param(["gest"], "components must be one or more of: dom0, guest", id="typo"),
+    ],
+)
+def test_components_must_be_given_and_ours(
+    sent: Dict[str, Any], components: Any, sentence: str
+) -> None:
+    result = fail_module(runtime_package.main, {**sent, "components": components})
+    assert sentence in result["msg"]
+    assert not os.path.exists(os.path.dirname(sent["dest"]))
 
 
 def test_things_in_the_way_are_replaced(sent: Dict[str, Any]) -> None:
