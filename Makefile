@@ -26,10 +26,9 @@ $(STAMP): requirements/dev.txt requirements/cloud-init.txt requirements/docs.txt
 
 venv: $(STAMP)
 
-# Needs root (its sandboxes are namespaces) and Debian's cloud-init .deb, fetched here;
-# demo/__main__.py says what it runs.
+# Needs root (its sandboxes are namespaces) and debootstrap (it builds its own Debian
+# roots); demo/__main__.py says what it runs.
 demo: $(STAMP)
-	sh tests/setup-cloud-init.sh
 	$(BIN)/python -m demo
 
 # The documentation site (module and role reference generated, guides from docs/*.md)

@@ -1,32 +1,31 @@
 """The main job on the built-in default: ``make demo`` (``python -m demo``).
 
 The whole xenchannel flow, driven by the collection's own playbooks and roles, with no
-Xen host.  This machine plays both sides, each in a throwaway sandbox (mount, UTS, IPC
-and PID namespaces with overlays over /etc, /usr, /var, ...: ``testbed/host_sandbox.py``),
-so nothing on the machine itself changes:
+Xen host. Both machines are Debian roots the demo builds itself (``demo/machines.py``),
+each run in a throwaway sandbox (mount, UTS, IPC and PID namespaces, an overlay over the
+cached root: ``testbed/host_sandbox.py``'s RootSandbox), so what this machine has
+installed does not change what the demo does, and nothing on the machine itself changes:
 
-1. a guest template: Debian's cloud-init installed with apt, then
-   ``playbooks/template.yml`` (roles ``guest``, ``cloud_init_datasource``,
-   ``template_prep``).  Built once and cached under ``.cache/demo/`` by a key over its
-   inputs, like a template image;
+1. the guest template: a Debian 12 root with cloud-init, and ``playbooks/template.yml``
+   (roles ``guest``, ``cloud_init_datasource``, ``template_prep``) applied to it through
+   a chroot connection, as a user prepares an image; dom0's Debian 12 root beside it.
+   Built once and cached under ``.cache/demo/`` by a key over their inputs;
 2. dom0: ``playbooks/provision.yml`` with ``demo/inventory.yml`` (roles ``dom0_agent``
    and ``domain``: the clone's xl config, its metadata in the agent's store), then the
    dom0 agent started from the files the role installed;
 3. the channel: the channel simulator stands in for QEMU and the guest's /dev/hvc1 (a
    Unix socket at the path the domain role allocated, bridged to a real pty); the link
    udev would make is made by hand;
-4. the clone's first boot: a copy of the template, where Debian's cloud-init runs its
+4. the clone's first boot: a layer over the template, where Debian's cloud-init runs its
    stages with the XenChannel datasource, then reports its result to dom0;
 5. dom0 waits for ``applied`` with ``xenchannel.provision.channel_status``;
 6. what the guest ended up with, and the agent's status table.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,16 +33,16 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+from demo import machines
 from testbed import ansible_run
-from testbed.host_sandbox import HostSandbox, Result, Running
+from testbed.host_sandbox import Result, RootSandbox, Running
+from testbed.rootfs import BuildError
 from testbed.simulator import SimulatorOptions, SimulatorThread
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.path.join(REPO, ".cache", "demo")
-# The same download cache as the role tests (tests/roles/test_guest_role.py).
-APT_ARCHIVES = os.path.join(REPO, ".cache", "role-tests", "apt-archives")
-CLOUD_INIT_DEBS = os.path.join(REPO, ".cache", "cloud-init", "22.4")
 INVENTORY = os.path.join(REPO, "demo", "inventory.yml")
+# demo/inventory.yml names dom0's root by this variable: the chroot connection's host.
+DOM0_ROOT_VARIABLE = "XENCHANNEL_DEMO_DOM0_ROOT"
 STEPS = 6
 # Commands inside the sandboxes see Debian's own tools only: no venv, no PYTHONPATH.
 CLEAN_ENV = {
@@ -51,22 +50,6 @@ CLEAN_ENV = {
     "LANG": "C.UTF-8",
     "HOME": "/root",
 }
-# What the template is made from: a change to any of these rebuilds it.
-TEMPLATE_INPUTS = (
-    "roles/guest",
-    "roles/cloud_init_datasource",
-    "roles/template_prep",
-    "runtime/xenchannel",
-    "runtime/udev",
-    "runtime/systemd",
-    "datasource",
-    "playbooks/template.yml",
-)
-# What a Debian template has beside cloud-init and what the roles install: a machine the
-# demo runs on may lack them (a minimal install has no systemd and no iproute2).
-TEMPLATE_PACKAGES = ("systemd", "iproute2")
-RENDERER_CFG = "/etc/cloud/cloud.cfg.d/90-xenchannel-demo-renderer.cfg"
-RENDERER_CFG_TEXT = "system_info:\n  network:\n    renderers: [networkd]\n"
 # Device nodes a guest boot needs; /dev itself is the demo's own directory, so the
 # channel link can be made without touching this machine's /dev.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
@@ -111,134 +94,25 @@ def checked(result: Result, what: str) -> Result:
     return result
 
 
-def inputs_key(cloud_init_deb: str) -> str:
-    digest = hashlib.sha256(os.path.basename(cloud_init_deb).encode())
-    digest.update(repr((TEMPLATE_PACKAGES, RENDERER_CFG, RENDERER_CFG_TEXT)).encode())
-    for top in TEMPLATE_INPUTS:
-        path = os.path.join(REPO, top)
-        files = [path] if os.path.isfile(path) else []
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            files.extend(os.path.join(dirpath, name) for name in sorted(filenames))
-        for name in files:
-            digest.update(os.path.relpath(name, REPO).encode() + b"\0")
-            with open(name, "rb") as handle:
-                digest.update(hashlib.sha256(handle.read()).digest())
-    return digest.hexdigest()[:16]
-
-
-def find_cloud_init_deb() -> str:
-    debs = sorted(
-        name for name in os.listdir(CLOUD_INIT_DEBS) if name.startswith("cloud-init_")
-    ) if os.path.isdir(CLOUD_INIT_DEBS) else []  # fmt: skip
-    if not debs:
-        raise DemoError(
-            f"no cloud-init .deb in {CLOUD_INIT_DEBS}; run `sh tests/setup-cloud-init.sh`"
-            " (make demo does)"
-        )
-    return os.path.join(CLOUD_INIT_DEBS, debs[-1])
-
-
 class Ansible:
-    """ansible-playbook from the venv, run inside a sandbox against localhost."""
+    """ansible-playbook from the venv, on this machine, into a sandbox's root through
+    community.general's chroot connection (demo/inventory.yml names it)."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, collections: str) -> None:
         self.collections, self.remove = ansible_run.make_collection_tree("xc-demo-")
-        self.env = ansible_run.playbook_env(self.collections, workdir)
+        self.env = ansible_run.playbook_env(self.collections + os.pathsep + collections, workdir)
         self.env.pop("PYTHONPATH", None)
+        # ANSIBLE_REMOTE_TEMP names a path under /tmp: inside the root, where the chroot
+        # connection makes it, that is the sandbox's own fresh /tmp.
         os.makedirs(self.env["ANSIBLE_LOCAL_TEMP"], exist_ok=True)
 
     def argv(self, playbook: str, inventory: str, *options: str) -> List[str]:
         return [ansible_run.PLAYBOOK, "-i", inventory, *options, playbook]
 
-
-def apt_install(box: HostSandbox, packages: Sequence[str], where: str) -> str:
-    """Install Debian packages into a sandbox with apt (from the host's network, into the
-    download cache kept between runs); return the apt configuration it used."""
-    apt_conf = os.path.join(box.share, "apt.conf")
-    with open(apt_conf, "w") as handle:
-        # The cache is root's; apt's unprivileged _apt user could not write there.
-        handle.write(f'Dir::Cache::Archives "{APT_ARCHIVES}/";\nAPT::Sandbox::User "root";\n')
-    env = dict(CLEAN_ENV, APT_CONFIG=apt_conf, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "-y", "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", "install"]
-    result = box.run([*install, *packages], env=env, timeout=900)
-    if result.rc != 0:
-        # A machine whose package lists are old or absent: refresh them once.
-        checked(box.run(["apt-get", "update", "-q"], env=env, timeout=600), "apt-get update")
-        result = box.run([*install, *packages], env=env, timeout=900)
-    checked(result, f"installing {' '.join(os.path.basename(p) for p in packages)} into {where}")
-    return apt_conf
+    def env_for(self, box: RootSandbox) -> Dict[str, str]:
+        return dict(self.env, **{DOM0_ROOT_VARIABLE: box.chroot or ""})
 
 
-def build_template(progress: Progress, ansible: Ansible, work: str) -> str:
-    """The cached template: a directory whose ``upper/`` is the template's layer."""
-    deb = find_cloud_init_deb()
-    final = os.path.join(CACHE, f"template-{inputs_key(deb)}")
-    if os.path.isdir(os.path.join(final, "upper")):
-        progress(f"Guest template: cached in {os.path.relpath(final, REPO)}")
-        return final
-    progress(
-        "Guest template: Debian's cloud-init, then playbooks/template.yml (roles guest,"
-        " cloud_init_datasource, template_prep); built once, then cached"
-    )
-    os.makedirs(os.path.join(APT_ARCHIVES, "partial"), exist_ok=True)
-    os.makedirs(CACHE, exist_ok=True)
-    for old in os.listdir(CACHE):
-        if old.startswith("template-"):
-            shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
-    # Built under the work directory in /tmp: the sandbox overlays the directories a
-    # clone may live in (/root, /home, /srv, /opt), and overlayfs refuses an upper layer
-    # inside its own lower one. Only the finished layer moves into the cache.
-    building = os.path.join(work, "template")
-    # net=False keeps the host network for apt (cloud-init's dependencies and
-    # xenstore-utils come from Debian, into a cache kept between runs).
-    box = HostSandbox(building, net=False, binds=[ansible.collections, APT_ARCHIVES])
-    shutil.copy(deb, box.share)
-    progress.note(
-        f"apt-get install {os.path.basename(deb)} (Debian bookworm's cloud-init)"
-        f" {' '.join(TEMPLATE_PACKAGES)}"
-    )
-    apt_conf = apt_install(
-        box, [os.path.join(box.share, os.path.basename(deb)), *TEMPLATE_PACKAGES], "the template"
-    )
-    # cloud-init picks the first network renderer it finds installed (ifupdown's before
-    # systemd-networkd's); naming one keeps what the clone gets the same on every machine.
-    checked(
-        box.run(["sh", "-c", f"cat > {RENDERER_CFG}"], env=CLEAN_ENV, input=RENDERER_CFG_TEXT),
-        f"writing {RENDERER_CFG}",
-    )
-    inventory = os.path.join(box.share, "inventory.yml")
-    with open(inventory, "w") as handle:
-        yaml.safe_dump({"templates": {"hosts": {"localhost": LOCAL_HOST}}}, handle)
-    progress.note("ansible-playbook playbooks/template.yml -e template_prep_confirm=true")
-    checked(
-        box.run(
-            ansible.argv(
-                os.path.join(REPO, "playbooks", "template.yml"),
-                inventory,
-                "-e",
-                "template_prep_confirm=true",
-            ),
-            env=dict(ansible.env, APT_CONFIG=apt_conf, DEBIAN_FRONTEND="noninteractive"),
-            timeout=900,
-            cwd=box.share,
-        ),
-        "playbooks/template.yml",
-    )
-    partial = final + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    # mv keeps the overlay's whiteouts and xattrs, also across file systems.
-    subprocess.run(
-        ["mv", os.path.join(building, "upper"), os.path.join(partial, "upper")],  # noqa: S607
-        check=True,
-        timeout=600,
-    )
-    os.rename(partial, final)
-    return final
-
-
-LOCAL_HOST = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
 TEMPLATE_XL = """\
 # The template VM (the demo's): xl_domain_config gives each clone its own name, uuid,
 # disk and MAC, and refuses to copy the template's.
@@ -262,18 +136,21 @@ def vm_from_inventory() -> Dict[str, object]:
     return dict(vm)
 
 
-def provision_dom0(progress: Progress, ansible: Ansible, work: str, sockets: str) -> HostSandbox:
+def provision_dom0(
+    progress: Progress, ansible: Ansible, roots: Dict[str, str], work: str, sockets: str
+) -> RootSandbox:
     progress(
         "dom0: playbooks/provision.yml with demo/inventory.yml (roles dom0_agent, domain:"
         " the clone's xl config and its metadata in the agent's store)"
     )
     # QEMU's channel sockets live under the agent's socket root; it is this directory,
     # so the simulator (QEMU's stand-in, outside the sandbox) can listen there.
-    base = os.path.join(work, "dom0")
-    box = HostSandbox(base, binds=[ansible.collections, (sockets, "/run/xenchannel")])
-    # A dom0 runs systemd: its tmpfiles make the agent's socket root at boot. apt runs on
-    # the same layers with the host network (net=False); the agent will not.
-    apt_install(HostSandbox(base, net=False, binds=[APT_ARCHIVES]), ["systemd"], "dom0")
+    box = RootSandbox(
+        os.path.join(work, "dom0"),
+        roots["dom0root"],
+        binds=[(sockets, "/run/xenchannel")],
+        hostname="dom0",
+    )
     checked(
         box.run(
             ["sh", "-c", "mkdir -p /etc/xen/templates && cat > /etc/xen/templates/debian12.cfg"],
@@ -285,16 +162,17 @@ def provision_dom0(progress: Progress, ansible: Ansible, work: str, sockets: str
     checked(
         box.run(
             ansible.argv(os.path.join(REPO, "playbooks", "provision.yml"), INVENTORY),
-            env=ansible.env,
+            env=ansible.env_for(box),
             timeout=600,
             cwd=box.share,
+            outside=True,
         ),
         "playbooks/provision.yml",
     )
     return box
 
 
-def start_agent(box: HostSandbox, sockets: str) -> Running:
+def start_agent(box: RootSandbox, sockets: str) -> Running:
     # What systemd does at boot: the socket root from the role's tmpfiles.d entry, then
     # the unit's command, from the installed files only (Debian's python3, no venv).
     command = (
@@ -321,31 +199,34 @@ def guest_dev(work: str) -> str:
 def boot_clone(progress: Progress, template: str, work: str, dev: str, mac: str) -> Running:
     progress(
         "The clone's first boot: cloud-init's stages with the XenChannel datasource"
-        " (on a copy of the template)"
-    )
-    clone = os.path.join(work, "clone")
-    os.makedirs(clone)
-    # cp -a keeps the overlay's whiteouts and xattrs: the copy is the template's layer.
-    subprocess.run(
-        ["cp", "-a", os.path.join(template, "upper"), os.path.join(clone, "upper")],  # noqa: S607
-        check=True,
-        timeout=300,
+        " (on a layer over the template)"
     )
     binds: List[object] = [(dev, "/dev"), ("/dev/pts", "/dev/pts")]
     binds.extend((f"/dev/{name}", f"/dev/{name}") for name in DEVICES)
-    box = HostSandbox(clone, binds=binds, hostname="debian12-template")  # type: ignore[arg-type]
+    box = RootSandbox(
+        os.path.join(work, "clone"),
+        template,
+        binds=binds,  # type: ignore[arg-type]
+        hostname="debian12-template",
+    )
     guest = box.start(["sleep", "600"], env=CLEAN_ENV, timeout=600)
     # The clone's NIC, with the MAC its xl config gives it: cloud-init waits for the
     # devices its network-config names.  One end of a veth pair, in the sandbox's own
-    # network namespace; sysfs is mounted again so that /sys/class/net shows that
-    # namespace's links, not this machine's.
+    # network namespace (whose links the root's /sys/class/net shows).
     checked(
         guest.run(
             [
-                "sh",
-                "-c",
-                f"ip link add eth0 address {mac} type veth peer name xc-peer0"
-                " && mount -t sysfs sysfs /sys",
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "address",
+                mac,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "xc-peer0",
             ],
             env=CLEAN_ENV,
         ),
@@ -392,8 +273,16 @@ def wait_applied(
     path = os.path.join(agent.box.share, "wait.yml")
     with open(path, "w") as handle:
         json.dump(play, handle)
+    box = agent.box
+    assert isinstance(box, RootSandbox)
     checked(
-        agent.run(ansible.argv(path, INVENTORY), env=ansible.env, timeout=120, cwd=agent.box.share),
+        agent.run(
+            ansible.argv(path, INVENTORY),
+            env=ansible.env_for(box),
+            timeout=120,
+            cwd=box.share,
+            outside=True,
+        ),
         "channel_status",
     )
 
@@ -448,12 +337,23 @@ def show_results(guest: Running, agent: Running, vm: Dict[str, object]) -> None:
 def run_demo(work: str, rate: Optional[float]) -> int:
     progress = Progress()
     print("xenchannel demo: dom0 and one clone, each in a sandbox on this machine; no Xen host.")
-    ansible = Ansible(os.path.join(work, "ansible"))
+    progress(
+        "The machines: a Debian 12 guest template (cloud-init, then playbooks/template.yml:"
+        " roles guest, cloud_init_datasource, template_prep) and a Debian 12 dom0; built"
+        " once, then cached"
+    )
     try:
-        template = build_template(progress, ansible, work)
+        roots = machines.build(progress.note)
+        ansible = Ansible(os.path.join(work, "ansible"), machines.collections(progress.note))
+    except BuildError as exc:
+        print(f"\nxenchannel demo: {exc}", file=sys.stderr)
+        return 1
+    progress.note(f"template: {os.path.relpath(roots['template'], REPO)}")
+    progress.note(f"dom0:     {os.path.relpath(roots['dom0root'], REPO)}")
+    try:
         sockets = os.path.join(work, "sockets")
         os.makedirs(sockets, mode=0o700)
-        dom0 = provision_dom0(progress, ansible, work, sockets)
+        dom0 = provision_dom0(progress, ansible, roots, work, sockets)
         vm = vm_from_inventory()
         progress(
             "dom0 agent started from the installed files; the channel simulator stands in"
@@ -472,7 +372,8 @@ def run_demo(work: str, rate: Optional[float]) -> int:
                 f"/dev/xen-channel/org.xenchannel.provision.0 -> {os.readlink(link)}"
                 " (the link udev's rule makes on a real guest)"
             )
-            with boot_clone(progress, template, work, dev, str(vm["vifs"][0]["mac"])) as guest:
+            mac = str(vm["vifs"][0]["mac"])
+            with boot_clone(progress, roots["template"], work, dev, mac) as guest:
                 run_stages(progress, guest)
                 wait_applied(progress, ansible, agent, vm)
                 progress.done()

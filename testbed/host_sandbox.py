@@ -106,9 +106,23 @@ def _inner(spec_path: str) -> int:
         _mount(
             "-t", "overlay", "overlay", "-o", f"lowerdir={top},upperdir={upper},workdir={work}", top
         )
+    root = spec["root"]
+    prefix = ""
+    if root is not None:
+        # A root of its own (RootSandbox): its layer over the given root, mounted where
+        # the commands are chrooted into, with the file systems a booted system has.
+        prefix = root["merged"]
+        options = f"lowerdir={root['lower']},upperdir={root['upper']},workdir={root['work']}"
+        _mount("-t", "overlay", "overlay", "-o", options, prefix)
+        _mount("-t", "proc", "proc", prefix + "/proc")
+        _mount("-t", "sysfs", "sysfs", prefix + "/sys")
+        if not any(dst == "/dev" for _fd, _is_dir, dst in sources):
+            _mount("--rbind", "/dev", prefix + "/dev")
     for top in FRESH_TMPFS:
-        _mount("-t", "tmpfs", "-o", "mode=1777" if top == "/tmp" else "mode=0755", "tmpfs", top)
-    for fd, is_dir, dst in sources:
+        mode = "mode=1777" if top == "/tmp" else "mode=0755"
+        _mount("-t", "tmpfs", "-o", mode, "tmpfs", prefix + top)
+    for fd, is_dir, target in sources:
+        dst = prefix + target
         if is_dir:
             os.makedirs(dst, exist_ok=True)
         elif not os.path.exists(dst):
@@ -125,8 +139,11 @@ def _inner(spec_path: str) -> int:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
 
+    argv, cwd = spec["argv"], spec["cwd"]
+    if root is not None and not spec["outside"]:
+        argv, cwd = _chrooted(prefix, argv, cwd), "/"
     # Its own process group, so a stop or a timeout reaches everything it started.
-    proc = subprocess.Popen(spec["argv"], env=spec["env"], cwd=spec["cwd"], start_new_session=True)
+    proc = subprocess.Popen(argv, env=spec["env"], cwd=cwd, start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -145,6 +162,11 @@ def _inner(spec_path: str) -> int:
             forward(signal.SIGKILL, None)
             proc.wait()
         return TIMEOUT_RC
+
+
+def _chrooted(root: str, argv: Sequence[str], cwd: str) -> List[str]:
+    """``argv`` run in ``cwd`` inside ``root``: chroot(8), then the root's own env(1)."""
+    return ["chroot", root, "env", f"--chdir={cwd}", "--", *argv]
 
 
 # --------------------------------------------------------------------------- outside
@@ -197,14 +219,20 @@ class Running:
         timeout: float = 60.0,
         cwd: str = "/",
         input: Optional[str] = None,
+        outside: bool = False,
     ) -> Result:
-        """Run ``argv`` in the same namespaces (mounts, pids, network) as the started one."""
+        """Run ``argv`` in the same namespaces (mounts, pids, network) as the started one.
+
+        In a RootSandbox it runs chrooted into the sandbox's root, unless ``outside``."""
         assert self.alive(), "the sandbox's command has ended; nothing to run beside it"
         # --root: entering a mount namespace resets the root to that namespace's own; a
         # sandbox started inside a chroot (a pristine test machine) must stay in it.
         nsenter = ["nsenter", "-t", str(self.pid), "--mount", "--uts", "--ipc", "--pid", "--root"]
         if self.box.net:
             nsenter.append("--net")
+        argv = self.box._inside(argv, cwd, outside)
+        if self.box.chroot is not None and not outside:
+            cwd = "/"
         proc = subprocess.Popen(
             [*nsenter, f"--wd={cwd}", "--", *argv],
             env=self.box._env(env),
@@ -314,6 +342,20 @@ class HostSandbox:
         self._lock: Optional[int] = None
         self._count = 0
 
+    # Where commands are chrooted into: None here (this machine's own root, overlaid), a
+    # directory in a RootSandbox.
+    chroot: Optional[str] = None
+
+    def _root_spec(self) -> Optional[Dict[str, str]]:
+        return None
+
+    def _inside(self, argv: Sequence[str], cwd: str, outside: bool) -> List[str]:
+        """The command that runs ``argv`` in ``cwd`` in the sandbox's mount namespace."""
+        if self.chroot is None:
+            assert not outside, "outside= is for a RootSandbox; a HostSandbox has no root"
+            return list(argv)
+        return list(argv) if outside else _chrooted(self.chroot, argv, cwd)
+
     # ---- where things are
 
     def _layer(self, kind: str, top: str) -> str:
@@ -399,6 +441,7 @@ class HostSandbox:
         stdin: int,
         ready_fd: Optional[int],
         output: Optional[Tuple[int, int]] = None,
+        outside: bool = False,
     ) -> "subprocess.Popen[str]":
         self._count += 1
         spec_path = os.path.join(self.base, f"spec-{self._count}.json")
@@ -413,8 +456,12 @@ class HostSandbox:
             "overlays": [
                 [t, self._layer("upper", t), self._layer("work", t)] for t in self.overlaid
             ],
+            "root": self._root_spec(),
+            "outside": outside,
             "binds": self.binds,
         }
+        if self.chroot is None:
+            assert not outside, "outside= is for a RootSandbox; a HostSandbox has no root"
         with open(spec_path, "w") as handle:
             json.dump(spec, handle)
         unshare = ["unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--mount-proc",
@@ -442,11 +489,14 @@ class HostSandbox:
         timeout: float = 120.0,
         cwd: str = "/",
         input: Optional[str] = None,
+        outside: bool = False,
     ) -> Result:
         """Run ``argv`` in a fresh sandbox over this base's persistent uppers.
 
         ``env`` replaces the environment (default: this process's).  After ``timeout``
-        seconds the command gets SIGTERM, then SIGKILL, and rc is 124."""
+        seconds the command gets SIGTERM, then SIGKILL, and rc is 124.  In a RootSandbox
+        ``outside`` runs it on this machine's side of the sandbox's mounts (with the
+        sandbox's root at ``chroot``), not chrooted into it."""
         self._acquire()
         try:
             proc = self._popen(
@@ -456,6 +506,7 @@ class HostSandbox:
                 cwd,
                 subprocess.PIPE if input is not None else subprocess.DEVNULL,
                 None,
+                outside=outside,
             )
             try:
                 out, err = proc.communicate(input, timeout=timeout + GRACE + 30)
@@ -475,6 +526,7 @@ class HostSandbox:
         timeout: float = 300.0,
         cwd: str = "/",
         ready_timeout: float = 30.0,
+        outside: bool = False,
     ) -> Running:
         """Start ``argv`` (a daemon) in a sandbox over this base; returns once the mounts
         are in place.  ``Running.run`` runs more commands beside it; ``stop()`` (or the
@@ -490,7 +542,14 @@ class HostSandbox:
         err_fd = os.open(err_path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
         try:
             proc = self._popen(
-                argv, env, timeout, cwd, subprocess.DEVNULL, write_fd, (out_fd, err_fd)
+                argv,
+                env,
+                timeout,
+                cwd,
+                subprocess.DEVNULL,
+                write_fd,
+                (out_fd, err_fd),
+                outside=outside,
             )
         except BaseException:
             os.close(read_fd)
@@ -514,6 +573,73 @@ class HostSandbox:
         finally:
             os.close(read_fd)
         return Running(self, proc, _child_pid(proc.pid), out_path, err_path)
+
+
+class RootSandbox(HostSandbox):
+    """A HostSandbox over a Debian root of its own instead of this machine's directories.
+
+    How to use it::
+
+        box = RootSandbox(str(tmp_path / "dom0"), lower="/path/to/a/debootstrapped/root")
+        box.run(["apt-get", "install", "-y", "systemd"], timeout=600).check()
+        # ansible-playbook from this machine's venv, into the root by a chroot connection:
+        box.run([playbook, "-i", inventory, ...], outside=True).check()
+
+    Each command gets the same namespaces as in a HostSandbox, and an overlay whose lower
+    layer is ``lower`` (left untouched, so one cached root serves many sandboxes) and
+    whose upper layer is ``<base>/upper``, mounted at ``<base>/root`` (``chroot``) with
+    /proc, /sys, /dev (this machine's, unless a bind names /dev) and a fresh /run and
+    /tmp. Commands run chrooted into it, with the root's own programs and libraries;
+    ``outside=True`` runs one on this machine's side instead, where ``chroot`` is the
+    sandbox's root (for ansible-playbook's chroot connection). ``binds`` appear at their
+    target inside the root. What this machine has installed does not matter.
+    """
+
+    def __init__(
+        self,
+        base: str,
+        lower: str,
+        net: bool = True,
+        binds: Sequence[Bind] = (),
+        hostname: str = HOSTNAME,
+    ) -> None:
+        super().__init__(base, overlaid=(), net=net, binds=binds, hostname=hostname)
+        if not os.path.isfile(os.path.join(lower, "etc", "os-release")) and not os.path.islink(
+            os.path.join(lower, "etc", "os-release")
+        ):
+            raise AssertionError(f"{lower} is not a root file system (no etc/os-release)")
+        self.lower = os.path.abspath(lower)
+        self.chroot = os.path.join(self.base, "root")
+        for name in ("upper", "work", "root"):
+            os.makedirs(os.path.join(self.base, name), exist_ok=True)
+
+    def _root_spec(self) -> Optional[Dict[str, str]]:
+        return {
+            "lower": self.lower,
+            "upper": os.path.join(self.base, "upper"),
+            "work": os.path.join(self.base, "work"),
+            "merged": self.chroot or "",
+        }
+
+    def upper(self, path: str) -> str:
+        return os.path.join(self.base, "upper", os.path.normpath(path).strip("/"))
+
+    def host_path(self, path: str) -> Optional[str]:
+        """Where this machine sees the sandbox's ``path``: its upper layer, else the root
+        it was made from (None if neither has it, or the sandbox deleted it)."""
+        parts = [p for p in os.path.normpath(path).strip("/").split("/") if p]
+        lower_visible = True
+        for depth in range(1, len(parts) + 1):
+            up = self.upper("/".join(parts[:depth]))
+            if _is_whiteout(up):
+                return None
+            if depth < len(parts) and os.path.isdir(up) and _is_opaque(up):
+                lower_visible = False
+        up = self.upper(path)
+        if parts and os.path.lexists(up):
+            return up
+        low = os.path.join(self.lower, *parts)
+        return low if lower_visible and os.path.lexists(low) else None
 
 
 def _child_pid(unshare_pid: int) -> int:

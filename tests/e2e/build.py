@@ -25,7 +25,8 @@ dom0root   trixie root with the Xen 4.20 hypervisor, xl, xenstored, qemu-system-
            python3; plus the hypervisor itself, gunzipped (QEMU's -kernel loads only an
            uncompressed multiboot image).
 pristine   bookworm minbase root with only what the README asks of a user's machine
-           (python3, python3-venv, make, git): tests/pristine runs the README there.
+           (python3, python3-venv, make, git, debootstrap): tests/pristine runs the
+           README there.
 guestroot  trixie root with systemd, udev, cloud-init, xenstore-utils, openssh-server: what
            a template carries before the collection touches it.
 initrds    two small busybox initramfs images that load the block driver and ext4 and
@@ -44,11 +45,7 @@ dom0image  dom0prov packed likewise, plus the harness's init and the guest's ker
 """
 
 import argparse
-import ast
-import fcntl
 import gzip
-import hashlib
-import inspect
 import json
 import lzma
 import os
@@ -57,28 +54,41 @@ import shutil
 import stat
 import subprocess
 import sys
-import textwrap
 import time
-import zipfile
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
-from testbed import ansible_run  # noqa: E402
+from testbed import rootfs  # noqa: E402
+from testbed.rootfs import (  # noqa: E402
+    ANSIBLE_BUNDLE,
+    COLLECTION_INPUTS,
+    MIRROR,
+    BuildError,
+    copy_root,
+    run,
+    tree_hash,
+)
 
 CACHE = os.environ.get("XENCHANNEL_E2E_CACHE", os.path.join(ROOT, ".cache", "e2e"))
 FILES = os.path.join(HERE, "files")
-DEBS = os.path.join(CACHE, "debs")
 # For debugging the boot flow while roles/ or runtime/ change under one's feet: the steps
 # named here (comma-separated, e.g. guestimage,dom0prov) reuse an existing output even
 # when their inputs changed, and say so loudly. Never in CI.
 STALE_OK = set(filter(None, os.environ.get("XENCHANNEL_E2E_STALE_OK", "").split(",")))
 SUITE = "trixie"
-MIRROR = os.environ.get("XENCHANNEL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-# bookworm's debian-archive-keyring carries trixie's keys as well.
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# The builder the demo shares (testbed/rootfs.py): steps, keys, cache, debootstrap, chroot.
+BUILDER = rootfs.Builder(CACHE, "e2e/build", files_dir=FILES, stale_ok=STALE_OK)
+DEBS = BUILDER.debs
+STEPS = BUILDER.steps
+step = BUILDER.step
+log = BUILDER.log
+in_root = BUILDER.in_root
+plan = BUILDER.plan
+output = BUILDER.output
+cached = BUILDER.cached
 
 HOST_PACKAGES = ["qemu-system-x86", "busybox-static", "zstd", "xz-utils", "kmod", "e2fsprogs"]
 DOM0_PACKAGES = [
@@ -96,7 +106,7 @@ DOM0_PACKAGES = [
 # Exactly what the README asks of a user's machine: Debian 12, python3 (3.11), python3-venv,
 # make and git. The machine's registry set-up is carried in by the test that uses it.
 PRISTINE_SUITE = "bookworm"
-PRISTINE_PACKAGES = ["python3", "python3-venv", "make", "git"]
+PRISTINE_PACKAGES = ["python3", "python3-venv", "make", "git", "debootstrap"]
 GUEST_PACKAGES = [
     "systemd",
     "systemd-sysv",
@@ -119,98 +129,6 @@ DOM0_INITRD_MODULES = ["virtio_blk", "crc32c_generic", "ext4"]
 GUEST_INITRD_MODULES = ["xen-blkfront", "crc32c_generic", "ext4"]
 
 
-def log(msg: str) -> None:
-    print(f"e2e/build: {msg}", file=sys.stderr, flush=True)
-
-
-class BuildError(Exception):
-    """A build step could not finish; the message names the step and the fix."""
-
-
-def run(argv: Sequence[str], what: str, timeout: float = 1800, **kw) -> str:
-    """Run argv; on failure raise BuildError naming what was attempted, with output's tail."""
-    try:
-        proc = subprocess.run(
-            list(argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-            **kw,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BuildError(
-            f"{what} took longer than {timeout:.0f} s; rerun, or look at the mirror"
-        ) from exc
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-25:])
-        raise BuildError(f"{what} failed (rc {proc.returncode}):\n{tail}")
-    return proc.stdout
-
-
-def in_root(root: str, argv: Sequence[str], what: str, binds: Sequence[tuple] = (), **kw) -> str:
-    """Run argv chrooted into root, in a private mount namespace with /proc, /sys, /dev and
-    the .deb cache mounted, so nothing is left mounted on the host even when killed."""
-    mounts = [
-        f'mount -t proc proc "{root}/proc"',
-        f'mount -t sysfs sysfs "{root}/sys"',
-        f'mount --rbind /dev "{root}/dev"',
-        f'mkdir -p "{root}/var/cache/apt/archives" && '
-        f'mount --bind "{DEBS}" "{root}/var/cache/apt/archives"',
-        # apt needs the build host's resolver; the root keeps its own (empty) file.
-        f'touch "{root}/etc/resolv.conf" && mount --bind /etc/resolv.conf "{root}/etc/resolv.conf"',
-    ]
-    for src, dst in binds:
-        mounts.append(f'mkdir -p "{root}{dst}" && mount --bind "{src}" "{root}{dst}"')
-    script = " && ".join(mounts) + f' && exec chroot "{root}" "$@"'
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
-    env.pop("PYTHONPATH", None)
-    return run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv],
-        what,
-        env=env,
-        **kw,
-    )
-
-
-def debootstrap(root: str, packages: Sequence[str], name: str, suite: str = SUITE) -> None:
-    """A minbase root (trixie unless told) with packages installed by apt (not by
-    debootstrap --include, which resolves neither virtual packages nor alternatives:
-    cloud-init's dependencies fail that way)."""
-    os.makedirs(os.path.join(DEBS, "partial"), exist_ok=True)
-    t = time.monotonic()
-    run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            f"--cache-dir={DEBS}",
-            f"--keyring={KEYRING}",
-            suite,
-            root,
-            MIRROR,
-        ],
-        f"debootstrap {suite} for {name}",
-    )
-    log(f"  {name}: debootstrap {suite} minbase {time.monotonic() - t:.1f} s")
-    # Daemons must not start inside a build root; invoke-rc.d asks policy-rc.d first.
-    policy = os.path.join(root, "usr/sbin/policy-rc.d")
-    with open(policy, "w") as f:
-        f.write("#!/bin/sh\nexit 101\n")
-    os.chmod(policy, 0o755)
-    t = time.monotonic()
-    in_root(root, ["apt-get", "update", "-q"], f"apt-get update in {name}")
-    in_root(
-        root,
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-        f"installing {' '.join(packages)} into {name}",
-    )
-    log(f"  {name}: apt-get install {len(packages)} packages {time.monotonic() - t:.1f} s")
-    os.unlink(policy)
-    # debootstrap copied the build host's resolver, which means nothing in the VM.
-    open(os.path.join(root, "etc/resolv.conf"), "w").close()
-
-
 def kernel_version(kernel_dir: str) -> str:
     (version,) = os.listdir(os.path.join(kernel_dir, "x/usr/lib/modules"))
     return version
@@ -228,36 +146,19 @@ def copy_modules(kernel_dir: str, root: str) -> None:
 # --------------------------------------------------------------------------- steps
 
 
-class Step(NamedTuple):
-    name: str
-    deps: Sequence[str]
-    files: Sequence[str]
-    params: object
-    helpers: Sequence[Callable]
-    build: Callable[[str, Dict[str, str]], None]
+def debootstrap(root: str, packages: Sequence[str], name: str, suite: str = SUITE) -> None:
+    BUILDER.debootstrap(root, packages, name, suite)
 
 
-STEPS: Dict[str, Step] = {}
+def apply_playbook(root: str, group: str, playbook: str, extra_vars: dict, name: str) -> str:
+    return BUILDER.apply_playbook(root, group, playbook, extra_vars, name)
 
 
-def step(
-    name: str,
-    deps: Sequence[str] = (),
-    files: Sequence[str] = (),
-    params: object = None,
-    helpers: Sequence[Callable] = (),
-):
-    """Register a build step. Its key covers the function, the helpers it names, params,
-    files (under tests/e2e/files) and the keys of deps."""
-
-    def register(fn: Callable[[str, Dict[str, str]], None]):
-        STEPS[name] = Step(name, tuple(deps), tuple(files), params, tuple(helpers), fn)
-        return fn
-
-    return register
-
-
-@step("hostroot", params=(SUITE, MIRROR, HOST_PACKAGES), helpers=[debootstrap])
+@step(
+    "hostroot",
+    params=(SUITE, MIRROR, HOST_PACKAGES),
+    helpers=[BUILDER.debootstrap, BUILDER.in_root],
+)
 def build_hostroot(out: str, deps: Dict[str, str]) -> None:
     debootstrap(out, HOST_PACKAGES, "hostroot")
     version = in_root(out, ["qemu-system-x86_64", "--version"], "qemu --version").splitlines()[0]
@@ -298,7 +199,7 @@ def build_kernel(out: str, deps: Dict[str, str]) -> None:
     "dom0root",
     deps=["kernel"],
     params=(SUITE, MIRROR, DOM0_PACKAGES),
-    helpers=[debootstrap, copy_modules],
+    helpers=[BUILDER.debootstrap, BUILDER.in_root, copy_modules],
 )
 def build_dom0root(out: str, deps: Dict[str, str]) -> None:
     root = os.path.join(out, "root")
@@ -317,7 +218,7 @@ def build_dom0root(out: str, deps: Dict[str, str]) -> None:
     "guestroot",
     deps=["kernel"],
     params=(SUITE, MIRROR, GUEST_PACKAGES),
-    helpers=[debootstrap, copy_modules],
+    helpers=[BUILDER.debootstrap, BUILDER.in_root, copy_modules],
 )
 def build_guestroot(out: str, deps: Dict[str, str]) -> None:
     root = os.path.join(out, "root")
@@ -333,7 +234,11 @@ def build_guestroot(out: str, deps: Dict[str, str]) -> None:
     log(f"  guestroot: {version}")
 
 
-@step("pristine", params=(PRISTINE_SUITE, MIRROR, PRISTINE_PACKAGES), helpers=[debootstrap])
+@step(
+    "pristine",
+    params=(PRISTINE_SUITE, MIRROR, PRISTINE_PACKAGES),
+    helpers=[BUILDER.debootstrap, BUILDER.in_root],
+)
 def build_pristine(out: str, deps: Dict[str, str]) -> None:
     root = os.path.join(out, "root")
     debootstrap(root, PRISTINE_PACKAGES, "pristine", suite=PRISTINE_SUITE)
@@ -463,139 +368,7 @@ def build_initrds(out: str, deps: Dict[str, str]) -> None:
         log(f"  initrds: {name}: {' '.join(loaded)}")
 
 
-# --------------------------------------------------------------------------- Ansible
-
-# Galaxy is unreachable; the PyPI package `ansible` bundles community.general, whose chroot
-# connection applies the roles to a root at build time. Only that collection is unpacked,
-# into .cache/e2e/collections and never into .venv: the roles themselves may use only
-# ansible.builtin and this collection, and a venv holding all of `ansible` would hide one
-# that strays.
-ANSIBLE_BUNDLE = "ansible==12.3.0"
-# Trees whose content the provisioned images depend on.
-COLLECTION_INPUTS = ("roles", "runtime", "datasource", "plugins", "playbooks", "meta", "galaxy.yml")
-
-
-def tree_hash(paths: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for top in paths:
-        full = os.path.join(ROOT, top)
-        walk = [(full, [], [""])] if os.path.isfile(full) else os.walk(full)
-        for dirpath, dirnames, filenames in walk:
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name) if name else dirpath
-                if path.endswith(".pyc"):
-                    continue
-                h.update(os.path.relpath(path, ROOT).encode() + b"\0")
-                with open(path, "rb") as f:
-                    h.update(f.read())
-    return h.hexdigest()
-
-
-def community_general() -> str:
-    """A collections path holding community.general (for its chroot connection)."""
-    dest = os.path.join(CACHE, "collections")
-    stamp = os.path.join(dest, ".bundle")
-    try:
-        with open(stamp) as f:
-            if f.read().strip() == ANSIBLE_BUNDLE:
-                return dest
-    except FileNotFoundError:
-        pass
-    wheels = os.path.join(CACHE, "wheels")
-    os.makedirs(wheels, exist_ok=True)
-    t = time.monotonic()
-    # The molecule setup may have downloaded the same wheel already.
-    run(
-        [
-            os.path.join(os.path.dirname(sys.executable), "pip"),
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--find-links",
-            os.path.join(ROOT, ".cache", "molecule", "wheels"),
-            "-d",
-            wheels,
-            ANSIBLE_BUNDLE,
-        ],
-        f"pip download {ANSIBLE_BUNDLE}",
-    )
-    version = ANSIBLE_BUNDLE.split("==")[1]
-    wheel = os.path.join(wheels, f"ansible-{version}-py3-none-any.whl")
-    shutil.rmtree(dest, ignore_errors=True)
-    prefix = "ansible_collections/community/general/"
-    with zipfile.ZipFile(wheel) as z:
-        z.extractall(dest, [n for n in z.namelist() if n.startswith(prefix)])
-    with open(stamp, "w") as f:
-        f.write(ANSIBLE_BUNDLE + "\n")
-    log(f"  community.general from {ANSIBLE_BUNDLE} {time.monotonic() - t:.1f} s")
-    return dest
-
-
-def apply_playbook(root: str, group: str, playbook: str, extra_vars: dict, name: str) -> str:
-    """Run playbook against root through a chroot connection, as a user prepares an image.
-
-    ansible-playbook itself runs in a private mount namespace in which root has /proc,
-    /sys and /dev, so the chroot the connection enters looks like a booted system."""
-    work = os.path.join(os.path.dirname(root), "ansible")
-    os.makedirs(work, exist_ok=True)
-    inventory = {
-        "all": {
-            "children": {
-                group: {
-                    "hosts": {
-                        name: {
-                            "ansible_host": root,
-                            "ansible_connection": "community.general.chroot",
-                            "ansible_python_interpreter": "/usr/bin/python3",
-                        }
-                    }
-                }
-            }
-        }
-    }
-    with open(os.path.join(work, "inventory.json"), "w") as f:
-        json.dump(inventory, f)
-    with open(os.path.join(work, "vars.json"), "w") as f:
-        json.dump(extra_vars, f)
-    with ansible_run.collection_tree("xc-e2e-") as top:
-        env = ansible_run.playbook_env(top + os.pathsep + community_general(), work)
-        # Inside the root: the chroot connection creates it there, not on the host.
-        env["ANSIBLE_REMOTE_TEMP"] = "/tmp/.xc-e2e-ansible"
-        script = (
-            f'mount -t proc proc "{root}/proc" && mount -t sysfs sysfs "{root}/sys" && '
-            f'mount --rbind /dev "{root}/dev" && exec "$@"'
-        )
-        t = time.monotonic()
-        out = run(
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-                "sh",
-                ansible_run.PLAYBOOK,
-                "-i",
-                os.path.join(work, "inventory.json"),
-                "-e",
-                "@" + os.path.join(work, "vars.json"),
-                playbook,
-            ],
-            f"ansible-playbook {os.path.basename(playbook)} on {name}",
-            env=env,
-            cwd=work,
-        )
-    shutil.rmtree(os.path.join(root, "tmp/.xc-e2e-ansible"), ignore_errors=True)
-    with open(os.path.join(work, "play.log"), "w") as f:
-        f.write(out)
-    recap = [line for line in out.splitlines() if line.startswith(name + " ")]
-    took = time.monotonic() - t
-    log(f"  {name}: {os.path.basename(playbook)} {took:.1f} s: {recap[-1] if recap else ''}")
-    return out
+# --------------------------------------------------------------------------- images
 
 
 def pack(root: str, image: str, size: str, label: str) -> None:
@@ -631,15 +404,11 @@ def add_files(
             raise BuildError(f"debugfs did not write {dest} into {image}:\n{listing}")
 
 
-def copy_root(src: str, dst: str) -> None:
-    run(["cp", "-a", "--reflink=auto", src, dst], f"copying {src}")
-
-
 @step(
     "guestprov",
     deps=["guestroot"],
     params=(tree_hash(COLLECTION_INPUTS), ANSIBLE_BUNDLE),
-    helpers=[apply_playbook, copy_root],
+    helpers=[BUILDER.apply_playbook, copy_root],
 )
 def build_guestprov(out: str, deps: Dict[str, str]) -> None:
     root = os.path.join(out, "root")
@@ -690,7 +459,7 @@ def build_guestimage(out: str, deps: Dict[str, str]) -> None:
     deps=["dom0root"],
     files=["dom0-play.yml", "dom0-vars.json", "template.cfg"],
     params=(tree_hash(COLLECTION_INPUTS), ANSIBLE_BUNDLE),
-    helpers=[apply_playbook, copy_root],
+    helpers=[BUILDER.apply_playbook, copy_root],
 )
 def build_dom0prov(out: str, deps: Dict[str, str]) -> None:
     root = os.path.join(out, "root")
@@ -735,122 +504,18 @@ def build_dom0image(out: str, deps: Dict[str, str]) -> None:
 # --------------------------------------------------------------------------- cache
 
 
-def source_hash(fn: Callable) -> str:
-    """The hash of what fn does: its syntax tree, so reformatting or a comment does not
-    rebuild a step (docstrings count; they are part of the tree)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
-
-
-def key_of(name: str, keys: Dict[str, str]) -> str:
-    s = STEPS[name]
-    h = hashlib.sha256()
-    for fn in (s.build, *s.helpers):
-        h.update(source_hash(fn).encode())
-    h.update(json.dumps(s.params, sort_keys=True).encode())
-    for f in s.files:
-        with open(os.path.join(FILES, f), "rb") as fh:
-            h.update(f.encode() + b"\0" + fh.read())
-    for d in s.deps:
-        h.update(d.encode() + keys[d].encode())
-    return h.hexdigest()[:16]
-
-
-def plan(targets: Sequence[str]) -> List[str]:
-    order: List[str] = []
-
-    def visit(n: str) -> None:
-        for d in STEPS[n].deps:
-            visit(d)
-        if n not in order:
-            order.append(n)
-
-    for t in targets:
-        visit(t)
-    return order
-
-
-def output(name: str) -> str:
-    return os.path.join(CACHE, name)
-
-
-def cached(name: str, key: str) -> bool:
-    try:
-        with open(output(name) + ".key") as f:
-            return f.read().strip() == key and os.path.isdir(output(name))
-    except FileNotFoundError:
-        return False
-
-
 def check_machine() -> None:
-    """Fail with the reason and the fix when this machine cannot build."""
-    if os.geteuid() != 0:
-        raise BuildError("building the e2e images needs root (debootstrap, chroot, unshare)")
-    for tool, fix in (
-        ("debootstrap", "apt-get install debootstrap"),
-        ("unshare", "apt-get install util-linux"),
-        ("mke2fs", "apt-get install e2fsprogs"),
-        ("dpkg-deb", "apt-get install dpkg"),
-    ):
-        if shutil.which(tool) is None:
-            raise BuildError(f"{tool} is missing; install it ({fix}) and rerun")
-    os.makedirs(CACHE, exist_ok=True)
-    free = shutil.disk_usage(CACHE).free
-    if free < 8 * 2**30:
-        raise BuildError(f"{CACHE} has {free / 2**30:.1f} GiB free; the e2e build needs 8 GiB")
+    """Fail with the reason and the fix when this machine cannot build the images."""
+    BUILDER.check_machine(
+        (("mke2fs", "apt-get install e2fsprogs"), ("dpkg-deb", "apt-get install dpkg")),
+        free_gib=8,
+    )
 
 
 def build(targets: Sequence[str]) -> Dict[str, str]:
     """Build targets and what they depend on; return each step's output directory."""
     check_machine()
-    with open(os.path.join(CACHE, ".lock"), "w") as lock:
-        wait_for_lock(lock)
-        keys: Dict[str, str] = {}
-        outs: Dict[str, str] = {}
-        # Steps reused stale, and those built on them: never stamped with their real key.
-        stale: set = set()
-        for name in plan(targets):
-            key = keys[name] = key_of(name, keys)
-            deps = {d: outs[d] for d in STEPS[name].deps}
-            if stale.intersection(STEPS[name].deps):
-                stale.add(name)
-            if cached(name, key) and name not in stale:
-                log(f"{name}: cached ({key})")
-            elif name in STALE_OK and os.path.isdir(output(name)):
-                stale.add(name)
-                log(f"{name}: STALE, reused as XENCHANNEL_E2E_STALE_OK asks ({key} not built)")
-            else:
-                t = time.monotonic()
-                log(f"{name}: building ({key})")
-                tmp = output(name) + ".tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                os.makedirs(tmp)
-                STEPS[name].build(tmp, deps)
-                shutil.rmtree(output(name), ignore_errors=True)
-                os.rename(tmp, output(name))
-                with open(output(name) + ".key", "w") as f:
-                    # Built on a stale step: a later normal build must rebuild it.
-                    f.write(("stale-" if name in stale else "") + key + "\n")
-                log(f"{name}: built in {time.monotonic() - t:.1f} s")
-            outs[name] = output(name)
-    return outs
-
-
-def wait_for_lock(lock) -> None:
-    """One build at a time (bounded wait): two must not debootstrap into one root."""
-    t = time.monotonic()
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() - t > 1800:
-                raise BuildError(
-                    f"timed out after 30 minutes waiting for another e2e build ({CACHE}/.lock)"
-                ) from None
-            if time.monotonic() - t < 2.5:
-                log("another build holds the lock; waiting up to 30 minutes")
-            time.sleep(2)
+    return BUILDER.build(targets)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -865,9 +530,8 @@ def main(argv: Sequence[str]) -> int:
         parser.error(f"unknown step {', '.join(unknown)}; choose from {', '.join(STEPS)}")
     targets = args.steps or list(STEPS)
     if args.list:
-        keys: Dict[str, str] = {}
-        for name in plan(targets):
-            keys[name] = key_of(name, keys)
+        keys = BUILDER.keys(targets)
+        for name in keys:
             state = "cached" if cached(name, keys[name]) else "to build"
             print(f"{name:10} {keys[name]}  {state}")
         return 0

@@ -1,7 +1,8 @@
 """The README's two commands on a machine that has exactly what the README asks for.
 
-A Debian bookworm minbase root with python3, python3-venv, make and git, and nothing else
-(``tests/e2e/build.py pristine``, cached by a key over its inputs), is copied afresh for
+A Debian bookworm minbase root with python3, python3-venv, make, git and debootstrap, and
+nothing else (``tests/e2e/build.py pristine``, cached by a key over its inputs; the test
+checks that the README names exactly these), is copied afresh for
 each run and entered with namespaces (``chroot`` inside ``unshare --mount --pid``): no
 container engine is needed, and the root sees this machine's kernel, /dev and network as
 a user's machine would see its own. Carried in, as a user's machine has its own: the
@@ -15,6 +16,7 @@ checked. Then the set-up part of the README's test command (``make venv system``
 the same root.
 """
 
+import importlib.util
 import os
 import re
 import shlex
@@ -63,6 +65,24 @@ BASE_ENV = {
 def readme_commands() -> List[str]:
     """The shell blocks of the README, in order: the first is the demo, the second the tests."""
     return re.findall(r"^```sh\n(.*?)\n```$", README.read_text(), flags=re.M | re.S)
+
+
+def readme_packages() -> List[str]:
+    """The Debian packages the README's "Try it" section asks for, in backticks."""
+    section = README.read_text().split("## Try it", 1)[1].split("```sh", 1)[0]
+    sentence = section.split("the Debian packages", 1)[1].split(", in the directory", 1)[0]
+    return re.findall(r"`([a-z0-9][a-z0-9.+-]*)`", sentence)
+
+
+def test_the_pristine_root_has_what_the_readme_lists() -> None:
+    # tests/e2e/build.py, which builds the pristine root (a script, not a package).
+    spec = importlib.util.spec_from_file_location("xenchannel_e2e_build", BUILD)
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert readme_packages() == build.PRISTINE_PACKAGES, (
+        "the README's prerequisites and the pristine root's packages differ; keep them one list"
+    )
 
 
 def pristine_root() -> Path:

@@ -1,11 +1,15 @@
 """The host sandbox every role test and the demo use: writes stay in its uppers."""
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from testbed.host_sandbox import TIMEOUT_RC, HostSandbox
+from testbed.host_sandbox import TIMEOUT_RC, HostSandbox, RootSandbox
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PROBE = "/etc/xc-host-sandbox-probe"
 
@@ -108,3 +112,53 @@ def test_the_repository_stays_visible_inside_wherever_it_lies(box):
     # the venv (ansible-playbook) and the collection tree must still be reachable.
     here = os.path.abspath(__file__)
     assert box.run(["test", "-f", here]).rc == 0, f"{here} is not visible in the sandbox"
+
+
+# --------------------------------------------------------------------------- RootSandbox
+
+
+@pytest.fixture(scope="module")
+def debian_root():
+    """A Debian bookworm minbase root, built (and cached) by the pristine-machine step."""
+    build = os.path.join(REPO, "tests", "e2e", "build.py")
+    proc = subprocess.run(
+        [sys.executable, build, "pristine"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return os.path.join(REPO, ".cache", "e2e", "pristine", "root")
+
+
+def test_a_root_sandbox_runs_the_roots_own_programs_and_keeps_it_untouched(debian_root, tmp_path):
+    box = RootSandbox(str(tmp_path / "rootbox"), debian_root, binds=[(str(tmp_path), "/mnt")])
+    inside = box.run(
+        ["sh", "-c", "grep ^VERSION_CODENAME= /etc/os-release && echo x > /etc/xc-probe"
+         " && rm /etc/hostname && hostname && ls /mnt && pwd"],
+        cwd="/var",
+    ).check()  # fmt: skip
+    assert inside.stdout.split() == ["VERSION_CODENAME=bookworm", "xc-sandbox", "rootbox", "/var"]
+    # Writes and deletions are in the sandbox's layer; the cached root is as it was.
+    assert not os.path.lexists(os.path.join(debian_root, "etc/xc-probe"))
+    assert os.path.exists(os.path.join(debian_root, "etc/hostname"))
+    assert box.read("/etc/xc-probe") == "x\n" and not box.exists("/etc/hostname")
+    assert box.host_path("/etc/os-release") == os.path.join(debian_root, "etc/os-release")
+    assert box.written("/etc") == ["/etc/xc-probe"]
+    # A second run sees the first one's layer.
+    assert box.run(["cat", "/etc/xc-probe"]).check().stdout == "x\n"
+
+
+def test_outside_runs_this_machines_programs_with_the_root_mounted(debian_root, tmp_path):
+    box = RootSandbox(str(tmp_path / "rootbox"), debian_root)
+    with box.start(["sleep", "60"]) as running:
+        # Outside: this machine's python, and the sandbox's root at box.chroot.
+        seen = running.run(
+            [sys.executable, "-c", f"print(open('{box.chroot}/etc/debian_version').read())"],
+            outside=True,
+        ).check()
+        assert seen.stdout.strip() == _text(os.path.join(debian_root, "etc/debian_version")).strip()
+        # Beside it, chrooted, in the same pid namespace as the started command.
+        comms = running.run(["sh", "-c", "cat /proc/[0-9]*/comm"]).check().stdout.split()
+        assert "sleep" in comms and len(comms) < 10, comms
