@@ -41,8 +41,10 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import build  # noqa: E402
+import build  # noqa: E402  (puts the repository on sys.path)
 import pycdlib  # noqa: E402  (requirements/dev.txt)
+
+from testbed import ansible_run  # noqa: E402
 
 RUNS = os.path.join(build.CACHE, "runs")
 # Where the cache appears inside the host chroot while QEMU runs.
@@ -531,7 +533,6 @@ CHANNEL = "org.xenchannel.provision.0"
 def write_virtio_store(agent_dir: str) -> None:
     """The VM's bundle in the agent's store, written by the collection's channel_metadata
     module through ansible-playbook, as an operator of a KVM host would."""
-    ansible_run = build.ansible_run
     task = {
         "name": "bundle",
         "xenchannel.provision.channel_metadata": {
