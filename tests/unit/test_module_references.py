@@ -47,7 +47,7 @@ def unresolved(module: types.ModuleType, path: str) -> List[str]:
     return problems
 
 
-@pytest.mark.parametrize("name,path", SCRIPTS, ids=[name for name, _ in SCRIPTS])
+@pytest.mark.parametrize("name,path", SCRIPTS, ids=[script[0] for script in SCRIPTS])
 def test_each_module_attribute_a_script_reads_exists(name: str, path: str) -> None:
     if E2E not in sys.path:
         sys.path.insert(0, E2E)
