@@ -31,14 +31,14 @@ PACKAGE = "xenchannel"
 # bundle rules the collection's modules import (xenchannel.dom0); both speak the protocol.
 # No guest code on dom0, no dom0 code on a guest: each host runs and imports all it has.
 COMPONENTS = {
-    "dom0": ("__init__.py", "protocol.py", "dom0/"),
-    "guest": ("__init__.py", "protocol.py", "guest/"),
+    "dom0": ("__init__.py", "protocol.py", "session.py", "dom0/"),
+    "guest": ("__init__.py", "protocol.py", "session.py", "guest/"),
 }
 # Without these a component cannot run; a collection that lacks them was built or
 # installed wrongly.
 REQUIRED_FILES = {
-    "dom0": ("__init__.py", "protocol.py", "dom0/agent.py"),
-    "guest": ("__init__.py", "protocol.py", "guest/agent.py"),
+    "dom0": ("__init__.py", "protocol.py", "session.py", "dom0/agent.py"),
+    "guest": ("__init__.py", "protocol.py", "session.py", "guest/agent.py"),
 }
 # Python's own caches: never shipped, and left alone where the package is installed.
 CACHE_DIR = "__pycache__"

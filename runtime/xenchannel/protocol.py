@@ -1,8 +1,9 @@
-"""The xenchannel wire protocol: the one implementation every party imports.
+"""The xenchannel wire protocol's lower half: frames, message types, the bundle.
 
 The dom0 agent, the guest client, the in-guest agent and the cloud-init datasource all
-speak through this module; nothing else in the project knows a byte of the wire format.
-docs/protocol.md is the specification; this module is its only implementation.
+speak through this module and ``session.py`` (each message's body, version negotiation,
+the bundle transfer); nothing else in the project knows a byte of the wire format.
+docs/protocol.md is the specification; the two modules are its only implementation.
 
 It is sans-IO (it never reads or writes a file descriptor) and standard library only,
 and it must run on every interpreter a guest may have: Python 3.6 to 3.13.
@@ -16,7 +17,8 @@ Layers, bottom up:
   stream - garbage, echoes, half frames from a previous boot - into valid frames and
   ``Skipped`` notes, with memory bounded by the maximum payload size.
 * Messages: a type byte with a fixed sender (host or guest) and a JSON object payload,
-  except bundle chunks, which carry raw bytes.
+  except bundle chunks, which carry raw bytes.  What each payload holds is
+  ``session.py``'s: here only the JSON rules every one of them shares.
 * Bundles: meta-data, user-data, vendor-data and network-config in one binary container,
   sent in chunks and verified against a SHA-256 digest before anything is used.
 """
@@ -29,7 +31,7 @@ import os
 import re
 import struct
 import zlib
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 # Versions of the message set this implementation speaks, lowest first.  The frame
 # layout itself never changes: a peer of any version can read a HELLO or an ERROR.
@@ -441,46 +443,6 @@ def next_request_id(request_id: int) -> int:
     return value or 1
 
 
-def parse_versions(body: Dict[str, Any], who: str) -> List[int]:
-    versions = body.get("versions")
-    if (
-        not isinstance(versions, list)
-        or not versions
-        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 256 for v in versions)
-    ):
-        raise ProtocolError(f"the {who}'s HELLO does not list the protocol versions it speaks")
-    return sorted(set(versions))
-
-
-def negotiate_version(ours: Sequence[int], theirs: Sequence[int], who: str = "peer") -> int:
-    """The highest version both sides speak; VersionMismatch if there is none."""
-    common = set(ours) & set(theirs)
-    if not common:
-        raise VersionMismatch(
-            f"no common protocol version: this side speaks {_fmt_versions(ours)}, "
-            f"the {who} speaks {_fmt_versions(theirs)}; upgrade the older side"
-        )
-    return max(common)
-
-
-def _fmt_versions(versions: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in sorted(versions)) or "none"
-
-
-def error_message(
-    code: str, message: str, request_id: int = 0, version: int = CURRENT_VERSION
-) -> bytes:
-    return encode_message(
-        MessageType.ERROR, {"code": code, "message": message}, request_id, version
-    )
-
-
-def raise_if_error(frame: Frame) -> None:
-    if frame.type == MessageType.ERROR:
-        body = frame.json()
-        raise RemoteError(str(body.get("code", "error")), str(body.get("message", "")))
-
-
 # --------------------------------------------------------------------------- bundles
 
 _BUNDLE_MAGIC = b"XCB1\n"
@@ -707,141 +669,3 @@ def bundle_chunks(
 
 def chunk_count(size: int, chunk_size: int) -> int:
     return max(1, (size + chunk_size - 1) // chunk_size)
-
-
-def encode_chunk(seq: int, data: bytes, request_id: int, version: int = CURRENT_VERSION) -> bytes:
-    return encode_frame(MessageType.BUNDLE_CHUNK, _CRC.pack(seq) + data, request_id, version)
-
-
-def bundle_frames(
-    encoded: bytes,
-    request_id: int,
-    version: int = CURRENT_VERSION,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    first: int = 0,
-) -> Iterator[bytes]:
-    """Every frame a host sends in answer to GET_BUNDLE: BEGIN, CHUNK..., END."""
-    digest = hashlib.sha256(encoded).hexdigest()
-    chunks = chunk_count(len(encoded), chunk_size)
-    yield encode_message(
-        MessageType.BUNDLE_BEGIN,
-        {
-            "size": len(encoded),
-            "chunk_size": chunk_size,
-            "chunks": chunks,
-            "first": first,
-            "sha256": digest,
-        },
-        request_id,
-        version,
-    )
-    for seq, data in bundle_chunks(encoded, chunk_size, first):
-        yield encode_chunk(seq, data, request_id, version)
-    yield encode_message(MessageType.BUNDLE_END, {"sha256": digest}, request_id, version)
-
-
-class BundleReceiver:
-    """Reassembles a bundle from BEGIN/CHUNK/END frames and verifies it.
-
-    A transfer cut off part way, or missing a chunk lost to corruption, is resumed:
-    ``resume_request()`` says where to continue, and the host honours it only while its
-    bundle has the same digest.  Only a failed digest or a chunk of the wrong length
-    discards what was received.
-    """
-
-    def __init__(self, max_size: int = MAX_BUNDLE_SIZE) -> None:
-        self.max_size = max_size
-        self._data = bytearray()
-        self._sha256: Optional[str] = None
-        self._chunk_size = 0
-        self._chunks = 0
-        self._next = 0
-        self._size = 0
-
-    @property
-    def progress(self) -> Tuple[int, int]:
-        """(bytes received, bytes expected)."""
-        return len(self._data), self._size
-
-    def resume_request(self) -> Dict[str, Any]:
-        """The body of a GET_BUNDLE that continues where the last transfer stopped."""
-        # Only a transfer cut off part way resumes; a complete one (even one whose
-        # content then failed validation) has nothing left to ask for.
-        if self._sha256 and 0 < self._next < self._chunks:
-            return {"resume": {"sha256": self._sha256, "chunk": self._next}}
-        return {}
-
-    def begin(self, body: Dict[str, Any]) -> None:
-        try:
-            size = int(body["size"])
-            chunk_size = int(body["chunk_size"])
-            chunks = int(body["chunks"])
-            first = int(body.get("first", 0))
-            sha256 = str(body["sha256"])
-        except (KeyError, TypeError, ValueError):
-            raise ProtocolError("BUNDLE_BEGIN lacks size, chunk_size, chunks or sha256") from None
-        if size > self.max_size:
-            raise BundleError(
-                f"the host offers a {size}-byte bundle, over this guest's maximum of "
-                f"{self.max_size} bytes; shrink the bundle on dom0"
-            )
-        if (
-            size < 0
-            or chunk_size <= 0
-            or chunks != chunk_count(size, chunk_size)
-            or not 0 <= first < chunks
-        ):
-            raise ProtocolError("BUNDLE_BEGIN has inconsistent sizes")
-        if first:
-            if sha256 != self._sha256 or first != self._next or chunk_size != self._chunk_size:
-                raise ProtocolError("BUNDLE_BEGIN resumes a transfer this guest did not start")
-        else:
-            self._data = bytearray()
-        self._sha256, self._size, self._chunk_size, self._chunks = sha256, size, chunk_size, chunks
-        self._next = first
-
-    def chunk(self, payload: bytes) -> None:
-        if self._sha256 is None:
-            raise ProtocolError("a bundle chunk arrived before BUNDLE_BEGIN")
-        if len(payload) < _CRC.size:
-            raise ProtocolError("a bundle chunk is too short to hold its sequence number")
-        (seq,) = _CRC.unpack(payload[: _CRC.size])
-        data = payload[_CRC.size :]
-        if seq != self._next:
-            # A chunk was lost on the way: its frame failed a checksum (a 0xFF of noise
-            # cuts a frame short).  What arrived before it passed its own CRC and the
-            # whole is SHA-256-checked at the end, so keep it and resume from the gap:
-            # on a noisy channel every attempt then makes progress.
-            raise ProtocolError(f"bundle chunk {seq} arrived where chunk {self._next} was expected")
-        expected = min(self._chunk_size, self._size - seq * self._chunk_size)
-        if len(data) != expected and not (self._size == 0 and not data):
-            self._discard()
-            raise ProtocolError(f"bundle chunk {seq} has the wrong length")
-        self._data.extend(data)
-        self._next += 1
-
-    def end(self, body: Dict[str, Any]) -> Bundle:
-        """Verify the digest and decode; nothing is usable before this succeeds."""
-        if self._sha256 is None or self._next != self._chunks:
-            raise ProtocolError(f"BUNDLE_END arrived after {self._next} of {self._chunks} chunks")
-        data = bytes(self._data)
-        digest = hashlib.sha256(data).hexdigest()
-        if body.get("sha256") != self._sha256 or digest != self._sha256:
-            self._discard()
-            raise BundleError(
-                "the received bundle fails its SHA-256 check; it was discarded and must be "
-                "fetched again"
-            )
-        bundle = Bundle.decode(data)
-        bundle.validate(self.max_size)
-        return bundle
-
-    def _discard(self) -> None:
-        """Forget the transfer: data that failed a check is never resumed."""
-        self._data = bytearray()
-        self._sha256 = None
-        self._next = 0
-
-    @property
-    def sha256(self) -> Optional[str]:
-        return self._sha256

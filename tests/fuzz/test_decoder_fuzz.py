@@ -22,8 +22,9 @@ from typing import Any, Callable, List, Sequence, TypeVar
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from xenchannel import protocol
-from xenchannel.protocol import Bundle, BundleReceiver, Frame, FrameDecoder, MessageType, Skipped
+from xenchannel import protocol, session
+from xenchannel.protocol import Bundle, Frame, FrameDecoder, MessageType, Skipped
+from xenchannel.session import BundleBegin, BundleEnd, BundleReceiver, Resume
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -311,26 +312,26 @@ def test_bundle_transfer_with_resume(
         for piece in st_data.draw(splits(stream)):
             for item in frames_of(decoder.feed(piece)):
                 if item.type == MessageType.BUNDLE_BEGIN:
-                    receiver.begin(item.json())
+                    receiver.begin(BundleBegin.parse(item.json()))
                 elif item.type == MessageType.BUNDLE_CHUNK:
                     receiver.chunk(item.payload)
                 elif item.type == MessageType.BUNDLE_END:
-                    result = receiver.end(item.json())
+                    result = receiver.end(BundleEnd.parse(item.json()))
         return result
 
-    frames = list(protocol.bundle_frames(encoded, 1, chunk_size=chunk_size))
+    frames = list(session.bundle_frames(encoded, 1, chunk_size=chunk_size))
     if stop == count:
         assert run(b"".join(frames)) == bundle
         return
     # BEGIN and chunks 0..stop-1 arrive, then half a frame and the link drops.
     assert run(b"".join(frames[: stop + 1]) + frames[stop + 1][:5]) is None
-    resume = receiver.resume_request()
+    resume = receiver.resume()
     if stop == 0:
-        assert resume == {}
+        assert resume is None
         first = 0
     else:
-        assert resume == {"resume": {"sha256": hashlib.sha256(encoded).hexdigest(), "chunk": stop}}
-        first = resume["resume"]["chunk"]
-    rest = protocol.bundle_frames(encoded, 2, chunk_size=chunk_size, first=first)
+        assert resume == Resume(hashlib.sha256(encoded).hexdigest(), stop)
+        first = resume.chunk
+    rest = session.bundle_frames(encoded, 2, chunk_size=chunk_size, first=first)
     got = run(b"".join(rest))
     assert got == bundle

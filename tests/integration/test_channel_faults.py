@@ -19,8 +19,10 @@ import pytest
 from testbed.simulator import SimulatorOptions
 from testbed.stack import Stack, delivered, delivered_count, runtime_env, sample_bundle
 from xenchannel import protocol as P
+from xenchannel import session as S
 from xenchannel.dom0.store import remove_domain, write_domain
 from xenchannel.guest import ChannelDevice, ClientConfig
+from xenchannel.session import BundleBegin, BundleEnd
 
 
 @pytest.fixture
@@ -330,17 +332,17 @@ def test_guests_cannot_claim_each_others_identity(stack: Stack) -> None:
         body = {"session": session}
         body.update(claim)
         rid = raw.send(P.MessageType.GET_BUNDLE, body)
-        receiver = P.BundleReceiver()
+        receiver = S.BundleReceiver()
         bundle = None
         for frame in raw.frames(5.0, P.MessageType.BUNDLE_END):
             if frame.request_id != rid:
                 continue
             if frame.type == P.MessageType.BUNDLE_BEGIN:
-                receiver.begin(frame.json())
+                receiver.begin(BundleBegin.parse(frame.json()))
             elif frame.type == P.MessageType.BUNDLE_CHUNK:
                 receiver.chunk(frame.payload)
             elif frame.type == P.MessageType.BUNDLE_END:
-                bundle = receiver.end(frame.json())
+                bundle = receiver.end(BundleEnd.parse(frame.json()))
         assert bundle == sample_bundle(me)
         raw.send(
             P.MessageType.STATUS,

@@ -36,7 +36,6 @@ from xenchannel.protocol import (
     ERR_NO_BUNDLE,
     ERR_VERSION,
     Bundle,
-    BundleReceiver,
     Frame,
     FrameDecoder,
     MessageType,
@@ -44,6 +43,7 @@ from xenchannel.protocol import (
     encode_message,
     new_nonce,
 )
+from xenchannel.session import BundleBegin, BundleEnd, BundleReceiver
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 TIMEOUT = 5.0
@@ -199,11 +199,11 @@ class GuestConn:
             if mtype is MessageType.ERROR:
                 raise AssertionError(f"ERROR {frame.json()}")
             if mtype is MessageType.BUNDLE_BEGIN:
-                receiver.begin(frame.json())
+                receiver.begin(BundleBegin.parse(frame.json()))
             elif mtype is MessageType.BUNDLE_CHUNK:
                 receiver.chunk(frame.payload)
             else:
-                bundle = receiver.end(frame.json())
+                bundle = receiver.end(BundleEnd.parse(frame.json()))
                 assert receiver.sha256 is not None
                 return bundle, receiver.sha256
 

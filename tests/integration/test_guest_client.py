@@ -26,10 +26,9 @@ from xenchannel.protocol import (
     MessageType,
     RemoteError,
     VersionMismatch,
-    encode_chunk,
     encode_message,
-    error_message,
 )
+from xenchannel.session import encode_chunk, error_message
 
 SLACK = 0.75  # scheduling slack on a busy test machine
 STEP = 2.0  # how long the host waits for the guest's next frame

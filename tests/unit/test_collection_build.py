@@ -18,6 +18,7 @@ ARCHITECTURE = os.path.join(ROOT, "docs", "architecture.md")
 HEADING = "### What the collection tarball holds"
 RUNTIME_FILES = (
     "runtime/xenchannel/protocol.py",
+    "runtime/xenchannel/session.py",
     "runtime/xenchannel/guest/client.py",
     "runtime/xenchannel/guest/device.py",
     "runtime/xenchannel/dom0/agent.py",

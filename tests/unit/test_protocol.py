@@ -15,11 +15,10 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import pytest
 
-from xenchannel import protocol
+from xenchannel import protocol, session
 from xenchannel.protocol import (
     Bundle,
     BundleError,
-    BundleReceiver,
     Frame,
     FrameDecoder,
     FrameTooLarge,
@@ -29,6 +28,7 @@ from xenchannel.protocol import (
     Skipped,
     VersionMismatch,
 )
+from xenchannel.session import BundleBegin, BundleEnd, BundleReceiver, Resume
 
 ALL_BYTES = bytes(range(256))
 FRAME_OVERHEAD = 1 + protocol.HEADER_SIZE + protocol.TRAILER_SIZE  # marker + header + trailer
@@ -104,11 +104,11 @@ def transfer(
             assert isinstance(item, Frame), item
             assert item.is_from(Sender.HOST)
             if item.type == MessageType.BUNDLE_BEGIN:
-                receiver.begin(item.json())
+                receiver.begin(BundleBegin.parse(item.json()))
             elif item.type == MessageType.BUNDLE_CHUNK:
                 receiver.chunk(item.payload)
             elif item.type == MessageType.BUNDLE_END:
-                result = receiver.end(item.json())
+                result = receiver.end(BundleEnd.parse(item.json()))
     return result
 
 
@@ -542,11 +542,11 @@ class TestVersions:
         ],
     )
     def test_negotiate(self, ours: List[int], theirs: List[int], chosen: int) -> None:
-        assert protocol.negotiate_version(ours, theirs) == chosen
+        assert session.negotiate_version(ours, theirs) == chosen
 
     def test_no_common_version_names_both_sides(self) -> None:
         with pytest.raises(VersionMismatch) as info:
-            protocol.negotiate_version([1, 2], [4, 3], who="guest")
+            session.negotiate_version([1, 2], [4, 3], who="guest")
         message = str(info.value)
         assert "1, 2" in message
         assert "3, 4" in message
@@ -555,10 +555,10 @@ class TestVersions:
 
     def test_empty_side_is_named_none(self) -> None:
         with pytest.raises(VersionMismatch, match="none"):
-            protocol.negotiate_version([1], [])
+            session.negotiate_version([1], [])
 
     def test_parse_versions_sorts_and_deduplicates(self) -> None:
-        assert protocol.parse_versions({"versions": [3, 1, 3, 2]}, "guest") == [1, 2, 3]
+        assert session.parse_versions({"versions": [3, 1, 3, 2]}, "guest") == [1, 2, 3]
 
     @pytest.mark.parametrize(
         "body",
@@ -579,7 +579,7 @@ class TestVersions:
     )
     def test_parse_versions_rejects(self, body: Dict[str, Any]) -> None:
         with pytest.raises(ProtocolError, match="guest's HELLO"):
-            protocol.parse_versions(body, "guest")
+            session.parse_versions(body, "guest")
 
     def test_current_version_is_spoken(self) -> None:
         assert max(protocol.PROTOCOL_VERSIONS) == protocol.CURRENT_VERSION
@@ -625,16 +625,16 @@ class TestJson:
             expected(b"[]").json()
 
     def test_error_message_round_trip(self) -> None:
-        (f,) = decode(protocol.error_message(protocol.ERR_NO_BUNDLE, "no bundle for d1", 77))
+        (f,) = decode(session.error_message(protocol.ERR_NO_BUNDLE, "no bundle for d1", 77))
         assert f.type == MessageType.ERROR and f.request_id == 77
         with pytest.raises(protocol.RemoteError) as info:
-            protocol.raise_if_error(f)
+            session.raise_if_error(f)
         assert info.value.code == "no-bundle"
         assert info.value.remote_message == "no bundle for d1"
         assert "no-bundle" in str(info.value)
 
     def test_raise_if_error_ignores_other_types(self) -> None:
-        protocol.raise_if_error(expected(b"not json", MessageType.QUERY))
+        session.raise_if_error(expected(b"not json", MessageType.QUERY))
 
 
 # --------------------------------------------------------------------------- bundles
@@ -990,7 +990,7 @@ class TestBundleTransfer:
     def test_full_transfer(self, chunk_size: int, user_data: bytes) -> None:
         bundle = full_bundle(user_data)
         encoded = bundle.encode()
-        frames = list(protocol.bundle_frames(encoded, 0xABCDEF, chunk_size=chunk_size))
+        frames = list(session.bundle_frames(encoded, 0xABCDEF, chunk_size=chunk_size))
         assert len(frames) == protocol.chunk_count(len(encoded), chunk_size) + 2
         receiver = BundleReceiver()
         received = transfer(b"".join(frames), receiver, feed_size=1000)
@@ -1002,23 +1002,23 @@ class TestBundleTransfer:
 
     def test_transfer_survives_line_noise_between_frames(self) -> None:
         bundle = full_bundle(ALL_BYTES)
-        frames = protocol.bundle_frames(bundle.encode(), 1, chunk_size=64)
+        frames = session.bundle_frames(bundle.encode(), 1, chunk_size=64)
         stream = b"".join(b"AT\r" + f + b"[    3.141592] hvc1: xenconsole\r\n" for f in frames)
         decoder = FrameDecoder()
         receiver = BundleReceiver()
         result = None
         for item in frames_of(decoder.feed(stream)):
             if item.type == MessageType.BUNDLE_BEGIN:
-                receiver.begin(item.json())
+                receiver.begin(BundleBegin.parse(item.json()))
             elif item.type == MessageType.BUNDLE_CHUNK:
                 receiver.chunk(item.payload)
             else:
-                result = receiver.end(item.json())
+                result = receiver.end(BundleEnd.parse(item.json()))
         assert result == bundle
 
     def test_begin_describes_the_bundle(self) -> None:
         encoded = full_bundle().encode()
-        begin = next(protocol.bundle_frames(encoded, 5, chunk_size=100))
+        begin = next(session.bundle_frames(encoded, 5, chunk_size=100))
         (f,) = decode(begin)
         assert f.type == MessageType.BUNDLE_BEGIN and f.request_id == 5
         assert f.json() == {
@@ -1046,24 +1046,24 @@ class TestBundleTransfer:
 
     def test_digest_mismatch_discards_and_resets(self) -> None:
         encoded = full_bundle(ALL_BYTES).encode()
-        frames = list(protocol.bundle_frames(encoded, 3, chunk_size=64))
+        frames = list(session.bundle_frames(encoded, 3, chunk_size=64))
         (chunk,) = decode(frames[2])  # chunk 1
         seq_bytes, data = chunk.payload[:4], bytearray(chunk.payload[4:])
         data[10] ^= 0x20
-        frames[2] = protocol.encode_chunk(struct.unpack(">I", seq_bytes)[0], bytes(data), 3)
+        frames[2] = session.encode_chunk(struct.unpack(">I", seq_bytes)[0], bytes(data), 3)
         receiver = BundleReceiver()
         with pytest.raises(BundleError, match="SHA-256"):
             transfer(b"".join(frames), receiver)
         assert receiver.sha256 is None
-        assert receiver.resume_request() == {}
+        assert receiver.resume() is None
         assert receiver.progress[0] == 0
         # A fresh transfer afterwards succeeds.
-        again = transfer(b"".join(protocol.bundle_frames(encoded, 4, chunk_size=64)), receiver)
+        again = transfer(b"".join(session.bundle_frames(encoded, 4, chunk_size=64)), receiver)
         assert again == full_bundle(ALL_BYTES)
 
     def test_end_with_a_different_digest_is_rejected(self) -> None:
         encoded = full_bundle().encode()
-        frames = list(protocol.bundle_frames(encoded, 3, chunk_size=64))
+        frames = list(session.bundle_frames(encoded, 3, chunk_size=64))
         frames[-1] = protocol.encode_message(MessageType.BUNDLE_END, {"sha256": "0" * 64}, 3)
         receiver = BundleReceiver()
         with pytest.raises(BundleError):
@@ -1073,7 +1073,9 @@ class TestBundleTransfer:
     def test_out_of_order_chunk(self) -> None:
         encoded = full_bundle(ALL_BYTES).encode()
         receiver = BundleReceiver()
-        receiver.begin(begin_body(len(encoded), 64, sha=hashlib.sha256(encoded).hexdigest()))
+        receiver.begin(
+            BundleBegin.parse(begin_body(len(encoded), 64, sha=hashlib.sha256(encoded).hexdigest()))
+        )
         chunks = list(protocol.bundle_chunks(encoded, 64))
         receiver.chunk(struct.pack(">I", 0) + chunks[0][1])
         with pytest.raises(ProtocolError, match="chunk 2 arrived where chunk 1 was expected"):
@@ -1086,36 +1088,36 @@ class TestBundleTransfer:
         receiver = BundleReceiver()
         with pytest.raises(ProtocolError, match="before BUNDLE_BEGIN"):
             receiver.chunk(b"\x00\x00\x00\x00data")
-        receiver.begin(begin_body(25, 10))
+        receiver.begin(BundleBegin.parse(begin_body(25, 10)))
         with pytest.raises(ProtocolError, match="too short"):
             receiver.chunk(b"\x00\x00")
         with pytest.raises(ProtocolError, match="wrong length"):
             receiver.chunk(b"\x00\x00\x00\x00" + b"x" * 9)
-        receiver.begin(begin_body(25, 10))  # the error discarded the transfer
+        receiver.begin(BundleBegin.parse(begin_body(25, 10)))  # the error discarded the transfer
         receiver.chunk(b"\x00\x00\x00\x00" + b"x" * 10)
         receiver.chunk(b"\x00\x00\x00\x01" + b"x" * 10)
         with pytest.raises(ProtocolError, match="wrong length"):
             receiver.chunk(b"\x00\x00\x00\x02" + b"x" * 10)
-        receiver.begin(begin_body(25, 10))
+        receiver.begin(BundleBegin.parse(begin_body(25, 10)))
         receiver.chunk(b"\x00\x00\x00\x00" + b"x" * 10)
         with pytest.raises(ProtocolError, match="after 1 of 3 chunks"):
-            receiver.end({"sha256": "0" * 64})
+            receiver.end(BundleEnd.parse({"sha256": "0" * 64}))
 
     def test_end_before_begin(self) -> None:
         with pytest.raises(ProtocolError):
-            BundleReceiver().end({"sha256": "0" * 64})
+            BundleReceiver().end(BundleEnd.parse({"sha256": "0" * 64}))
 
     def test_begin_over_max_size(self) -> None:
         receiver = BundleReceiver(max_size=1000)
-        receiver.begin(begin_body(1000))
+        receiver.begin(BundleBegin.parse(begin_body(1000)))
         with pytest.raises(BundleError) as info:
-            BundleReceiver(max_size=1000).begin(begin_body(1001))
+            BundleReceiver(max_size=1000).begin(BundleBegin.parse(begin_body(1001)))
         assert "1001-byte bundle" in str(info.value)
         assert "maximum of 1000 bytes" in str(info.value)
 
     def test_default_max_size_is_16_mib(self) -> None:
         with pytest.raises(BundleError):
-            BundleReceiver().begin(begin_body(16 * 1024 * 1024 + 1, 32768))
+            BundleReceiver().begin(BundleBegin.parse(begin_body(16 * 1024 * 1024 + 1, 32768)))
 
     @pytest.mark.parametrize(
         "body",
@@ -1132,7 +1134,7 @@ class TestBundleTransfer:
     )
     def test_begin_missing_fields(self, body: Dict[str, Any]) -> None:
         with pytest.raises(ProtocolError, match="lacks"):
-            BundleReceiver().begin(body)
+            BundleReceiver().begin(BundleBegin.parse(body))
 
     @pytest.mark.parametrize(
         "body",
@@ -1146,15 +1148,15 @@ class TestBundleTransfer:
     )
     def test_begin_inconsistent_sizes(self, body: Dict[str, Any]) -> None:
         with pytest.raises(ProtocolError, match="inconsistent"):
-            BundleReceiver().begin(body)
+            BundleReceiver().begin(BundleBegin.parse(body))
 
     def test_begin_negative_size(self) -> None:
         with pytest.raises(ProtocolError):
-            BundleReceiver().begin(begin_body(-5, 10))
+            BundleReceiver().begin(BundleBegin.parse(begin_body(-5, 10)))
 
     def _partial(self, encoded: bytes, chunk_size: int, k: int) -> BundleReceiver:
         """A receiver that got BEGIN and chunks 0..k of ``encoded``, then lost the link."""
-        frames = list(protocol.bundle_frames(encoded, 11, chunk_size=chunk_size))
+        frames = list(session.bundle_frames(encoded, 11, chunk_size=chunk_size))
         receiver = BundleReceiver()
         assert transfer(b"".join(frames[: k + 2]), receiver) is None
         return receiver
@@ -1174,15 +1176,15 @@ class TestBundleTransfer:
         k = k % count
         receiver = self._partial(encoded, 100, k)
         assert receiver.progress == ((k + 1) * 100, len(encoded))
-        assert receiver.resume_request() == {"resume": {"sha256": bundle.digest(), "chunk": k + 1}}
-        rest = protocol.bundle_frames(encoded, 12, chunk_size=100, first=k + 1)
+        assert receiver.resume() == Resume(bundle.digest(), k + 1)
+        rest = session.bundle_frames(encoded, 12, chunk_size=100, first=k + 1)
         assert transfer(b"".join(rest), receiver) == bundle
 
-    def test_resume_request_is_empty_before_any_chunk(self) -> None:
+    def test_no_resume_before_any_chunk(self) -> None:
         receiver = BundleReceiver()
-        assert receiver.resume_request() == {}
-        receiver.begin(begin_body(25, 10))
-        assert receiver.resume_request() == {}
+        assert receiver.resume() is None
+        receiver.begin(BundleBegin.parse(begin_body(25, 10)))
+        assert receiver.resume() is None
 
     @pytest.mark.parametrize(
         "change",
@@ -1201,17 +1203,17 @@ class TestBundleTransfer:
         body.update(change)
         body["chunks"] = protocol.chunk_count(len(encoded), body["chunk_size"])
         with pytest.raises(ProtocolError, match="did not start"):
-            receiver.begin(body)
+            receiver.begin(BundleBegin.parse(body))
 
     def test_resume_on_a_fresh_receiver_is_rejected(self) -> None:
         with pytest.raises(ProtocolError, match="did not start"):
-            BundleReceiver().begin(begin_body(25, 10, first=1))
+            BundleReceiver().begin(BundleBegin.parse(begin_body(25, 10, first=1)))
 
     def test_begin_from_zero_restarts(self) -> None:
         old = full_bundle(b"old" * 100)
         new = full_bundle(b"new" * 100)
         receiver = self._partial(old.encode(), 64, 1)
-        frames = protocol.bundle_frames(new.encode(), 13, chunk_size=64)
+        frames = session.bundle_frames(new.encode(), 13, chunk_size=64)
         assert transfer(b"".join(frames), receiver) == new
 
     def test_lost_chunk_resumes_from_the_gap(self) -> None:
@@ -1221,9 +1223,8 @@ class TestBundleTransfer:
         receiver = self._partial(encoded, 64, 1)
         with pytest.raises(ProtocolError, match="chunk 3 arrived where chunk 2 was expected"):
             receiver.chunk(struct.pack(">I", 3) + encoded[3 * 64 : 4 * 64])
-        request = receiver.resume_request()
-        assert request == {"resume": {"sha256": bundle.digest(), "chunk": 2}}
-        rest = protocol.bundle_frames(encoded, 12, chunk_size=64, first=2)
+        assert receiver.resume() == Resume(bundle.digest(), 2)
+        rest = session.bundle_frames(encoded, 12, chunk_size=64, first=2)
         assert transfer(b"".join(rest), receiver) == bundle
 
     def test_wrong_length_chunk_discards_the_data(self) -> None:
@@ -1231,18 +1232,18 @@ class TestBundleTransfer:
         receiver = self._partial(encoded, 64, 1)
         with pytest.raises(ProtocolError, match="wrong length"):
             receiver.chunk(struct.pack(">I", 2) + encoded[2 * 64 : 3 * 64 - 1])
-        assert receiver.resume_request() == {}
+        assert receiver.resume() is None
 
     def test_invalid_bundle_with_good_digest_is_rejected_at_end(self) -> None:
         bad = Bundle({"instance-id": "a/b"}).encode()
         with pytest.raises(BundleError, match="not usable"):
-            transfer(b"".join(protocol.bundle_frames(bad, 1)))
+            transfer(b"".join(session.bundle_frames(bad, 1)))
 
     def test_end_validates_against_the_receiver_maximum(self) -> None:
         encoded = full_bundle().encode()
         with pytest.raises(BundleError):
             transfer(
-                b"".join(protocol.bundle_frames(encoded, 1)),
+                b"".join(session.bundle_frames(encoded, 1)),
                 BundleReceiver(max_size=len(encoded) - 1),
             )
 

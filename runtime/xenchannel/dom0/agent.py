@@ -61,7 +61,6 @@ from xenchannel.protocol import (
     ERR_NO_BUNDLE,
     ERR_VERSION,
     PROTOCOL_VERSIONS,
-    STATUS_STATES,
     ChannelClosed,
     ChannelError,
     ChannelTimeout,
@@ -73,14 +72,26 @@ from xenchannel.protocol import (
     Sender,
     Skipped,
     VersionMismatch,
-    bundle_frames,
     chunk_count,
-    encode_message,
-    error_message,
-    negotiate_version,
     new_nonce,
     new_request_id,
-    parse_versions,
+)
+from xenchannel.session import (
+    MAX_INSTANCE_ID,
+    BundleAck,
+    Error,
+    GetBundle,
+    Hello,
+    Knock,
+    Message,
+    Query,
+    QueryReply,
+    Status,
+    StatusAck,
+    Welcome,
+    bundle_frames,
+    error_message,
+    negotiate_version,
 )
 
 T = TypeVar("T")
@@ -99,9 +110,6 @@ SKIP_LOG_INTERVAL = 10.0
 # a socket that accepts and hangs up at once keeps backing off.
 STABLE_CONNECTION = 1.0
 MAX_GUEST_AGENT = 100
-MAX_REASON = 500
-MAX_NONCE = 128
-MAX_INSTANCE_ID = 255
 CONTROL_MAX_REQUEST = 64 * 1024
 CONTROL_READ_TIMEOUT = 5.0
 MAX_QUERY_TIMEOUT = 300.0
@@ -623,11 +631,7 @@ class DomainLink:
 
     def _knock(self, outbox: _Outbox) -> None:
         log_event(self.name, "knock", logging.DEBUG)
-        outbox.put(
-            encode_message(
-                MessageType.KNOCK, {"versions": list(PROTOCOL_VERSIONS), "link": self.link_id}, 0
-            )
-        )
+        outbox.put(Knock(PROTOCOL_VERSIONS, self.link_id).encode(0))
 
     def _fail_pending(self, exc: Exception) -> None:
         for future in self._pending.values():
@@ -645,16 +649,14 @@ class DomainLink:
                 self._on_query_reply(frame)
             elif mtype is MessageType.ERROR:
                 self._on_guest_error(frame)
-            else:
-                body = frame.json()
-                if mtype is MessageType.HELLO:
-                    self._on_hello(body, rid, outbox)
-                elif mtype is MessageType.GET_BUNDLE:
-                    await self._on_get_bundle(body, rid, outbox)
-                elif mtype is MessageType.BUNDLE_ACK:
-                    await self._on_bundle_ack(body, rid, outbox)
-                elif mtype is MessageType.STATUS:
-                    await self._on_status(body, rid, outbox)
+            elif mtype is MessageType.HELLO:
+                self._on_hello(Hello.from_frame(frame), rid, outbox)
+            elif mtype is MessageType.GET_BUNDLE:
+                await self._on_get_bundle(GetBundle.from_frame(frame), rid, outbox)
+            elif mtype is MessageType.BUNDLE_ACK:
+                await self._on_bundle_ack(BundleAck.from_frame(frame), rid, outbox)
+            elif mtype is MessageType.STATUS:
+                await self._on_status(Status.from_frame(frame), rid, outbox)
         except _BadRequest as exc:
             self._refuse(outbox, exc.code, str(exc), rid, exc.record, mtype)
         except ProtocolError as exc:
@@ -688,28 +690,18 @@ class DomainLink:
         if record:
             self._record_error(f"{name}: {message}")
 
-    def _send(self, outbox: _Outbox, mtype: MessageType, body: Dict[str, Any], rid: int) -> None:
-        outbox.put(encode_message(mtype, body, rid, self.version))
+    def _send(self, outbox: _Outbox, message: Message, rid: int) -> None:
+        outbox.put(message.encode(rid, self.version))
 
-    def _check_session(self, body: Dict[str, Any]) -> None:
-        session = body.get("session")
-        if self.session is None or not isinstance(session, str) or session != self.session:
+    def _check_session(self, session: Optional[str]) -> None:
+        if self.session is None or session is None or session != self.session:
             # Normal after an agent restart: the guest greets again.  Not an error.
             raise _BadRequest(ERR_BAD_REQUEST, MSG_UNKNOWN_SESSION, record=False)
 
-    def _on_hello(self, body: Dict[str, Any], rid: int, outbox: _Outbox) -> None:
-        nonce = body.get("nonce")
-        if not isinstance(nonce, str) or not nonce or len(nonce) > MAX_NONCE:
-            raise _BadRequest(
-                ERR_BAD_REQUEST, f"HELLO needs a nonce string of 1 to {MAX_NONCE} characters"
-            )
-        theirs = parse_versions(body, "guest")
-        agent = body.get("agent")
-        if agent is not None and not isinstance(agent, str):
-            raise _BadRequest(ERR_BAD_REQUEST, "HELLO agent must be a string")
-        # Anything else the guest says (a "domain" key, say) is deliberately ignored.
+    def _on_hello(self, hello: Hello, rid: int, outbox: _Outbox) -> None:
+        nonce, agent = hello.nonce, hello.agent
         try:
-            version = negotiate_version(PROTOCOL_VERSIONS, theirs, "guest")
+            version = negotiate_version(PROTOCOL_VERSIONS, hello.versions, "guest")
         except VersionMismatch as exc:
             self.session = None
             outbox.cancel_transfer()
@@ -735,31 +727,12 @@ class DomainLink:
         log_event(self.name, "handshake", version=version, guest_agent=guest_agent)
 
     def _welcome(self, outbox: _Outbox, nonce: str, rid: int) -> None:
-        self._send(
-            outbox,
-            MessageType.WELCOME,
-            {
-                "nonce": nonce,
-                "session": self.session,
-                "link": self.link_id,
-                "version": self.version,
-                "versions": list(PROTOCOL_VERSIONS),
-            },
-            rid,
-        )
+        welcome = Welcome(nonce, self.session, self.link_id, self.version, PROTOCOL_VERSIONS)
+        self._send(outbox, welcome, rid)
 
-    async def _on_get_bundle(self, body: Dict[str, Any], rid: int, outbox: _Outbox) -> None:
-        self._check_session(body)
-        resume = body.get("resume")
-        if resume is not None and (
-            not isinstance(resume, dict)
-            or not isinstance(resume.get("sha256"), str)
-            or not isinstance(resume.get("chunk"), int)
-            or isinstance(resume.get("chunk"), bool)
-        ):
-            raise _BadRequest(
-                ERR_BAD_REQUEST, "GET_BUNDLE resume must be an object with sha256 and chunk"
-            )
+    async def _on_get_bundle(self, request: GetBundle, rid: int, outbox: _Outbox) -> None:
+        self._check_session(request.session)
+        resume = request.resume
         await self._get_bundle_bucket.take()
         session = self.session
         try:
@@ -780,12 +753,8 @@ class DomainLink:
         chunk_size = self.config.chunk_size
         chunks = chunk_count(len(encoded), chunk_size)
         first = 0
-        if (
-            resume is not None
-            and resume["sha256"] == entry.digest
-            and 0 <= resume["chunk"] < chunks
-        ):
-            first = resume["chunk"]
+        if resume is not None and resume.sha256 == entry.digest and 0 <= resume.chunk < chunks:
+            first = resume.chunk
         started = time.monotonic()
         digest, size = entry.digest, len(encoded)
 
@@ -803,13 +772,9 @@ class DomainLink:
         log_event(self.name, "bundle-requested", logging.DEBUG, sha256=digest, first=first)
         outbox.start_transfer(bundle_frames(encoded, rid, self.version, chunk_size, first), sent)
 
-    async def _on_bundle_ack(self, body: Dict[str, Any], rid: int, outbox: _Outbox) -> None:
-        self._check_session(body)
-        digest = body.get("sha256")
-        if not isinstance(digest, str):
-            raise _BadRequest(
-                ERR_BAD_REQUEST, "BUNDLE_ACK needs the sha256 of the bundle it acknowledges"
-            )
+    async def _on_bundle_ack(self, ack: BundleAck, rid: int, outbox: _Outbox) -> None:
+        self._check_session(ack.session)
+        digest = ack.sha256
         await self.agent.refresh(self)
         if self.bundle is None or digest != self.bundle.digest:
             raise _BadRequest(ERR_BAD_REQUEST, MSG_ACK_MISMATCH)
@@ -825,28 +790,14 @@ class DomainLink:
                 "count": count,
             }
         )
-        self._send(outbox, MessageType.STATUS_ACK, {"recorded": True}, rid)
+        self._send(outbox, StatusAck(), rid)
         log_event(
             self.name, "delivered", sha256=digest, instance_id=self.bundle.instance_id, count=count
         )
 
-    async def _on_status(self, body: Dict[str, Any], rid: int, outbox: _Outbox) -> None:
-        self._check_session(body)
-        state = body.get("state")
-        if state not in STATUS_STATES:
-            raise _BadRequest(
-                ERR_BAD_REQUEST, "STATUS state must be one of " + ", ".join(STATUS_STATES)
-            )
-        reason = body.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise _BadRequest(ERR_BAD_REQUEST, "STATUS reason must be a string")
-        instance_id = body.get("instance_id")
-        if instance_id is not None and not isinstance(instance_id, str):
-            raise _BadRequest(ERR_BAD_REQUEST, "STATUS instance_id must be a string")
-        if reason is not None:
-            reason = reason[:MAX_REASON]
-        if instance_id is not None:
-            instance_id = instance_id[:MAX_INSTANCE_ID]
+    async def _on_status(self, status: Status, rid: int, outbox: _Outbox) -> None:
+        self._check_session(status.session)
+        state, reason, instance_id = status.state, status.reason, status.instance_id
         await self.agent.refresh(self)
         ours = self.bundle.instance_id if self.bundle is not None else None
         mismatch = instance_id is not None and instance_id != ours
@@ -868,7 +819,7 @@ class DomainLink:
                 message = f"guest reported instance-id {shown} but this domain's bundle has {ours}"
             self._record_error(message)
             log_event(self.name, "status-mismatch", logging.WARNING, error=message)
-        self._send(outbox, MessageType.STATUS_ACK, {"recorded": True}, rid)
+        self._send(outbox, StatusAck(), rid)
         log_event(
             self.name,
             "status",
@@ -883,17 +834,17 @@ class DomainLink:
         if future is None or future.done():
             return  # a reply nobody waits for: late, or from an earlier session
         try:
-            future.set_result(frame.json())
+            future.set_result(QueryReply.from_frame(frame).answers)
         except ProtocolError as exc:
             future.set_exception(exc)
 
     def _on_guest_error(self, frame: Frame) -> None:
         try:
-            body = frame.json()
+            error = Error.from_frame(frame)
         except ProtocolError:
-            body = {}
-        code = _printable(str(body.get("code", "error")), 64)
-        message = _printable(str(body.get("message", "")), 300)
+            error = Error("error", "")
+        code = _printable(error.code, 64)
+        message = _printable(error.message, 300)
         future = self._pending.get(frame.request_id)
         if future is not None and not future.done():
             future.set_exception(RemoteError(code, message))
@@ -915,7 +866,7 @@ class DomainLink:
             rid = new_request_id()
         future: asyncio.Future[Dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._send(outbox, MessageType.QUERY, {"what": what}, rid)
+        self._send(outbox, Query(what), rid)
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:

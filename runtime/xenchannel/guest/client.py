@@ -19,9 +19,10 @@ log: only message types, request ids, sizes and digests do.
 Standard library only; runs on Python 3.6 to 3.13.
 """
 
+import functools
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Type, TypeVar
 
 from xenchannel import __version__
 from xenchannel.protocol import (
@@ -33,7 +34,6 @@ from xenchannel.protocol import (
     STATUS_STATES,
     Bundle,
     BundleError,
-    BundleReceiver,
     ChannelError,
     ChannelTimeout,
     Frame,
@@ -44,10 +44,24 @@ from xenchannel.protocol import (
     Sender,
     Skipped,
     VersionMismatch,
-    encode_message,
     new_nonce,
     new_request_id,
     next_request_id,
+)
+from xenchannel.session import (
+    BundleAck,
+    BundleBegin,
+    BundleEnd,
+    BundleReceiver,
+    Error,
+    GetBundle,
+    Hello,
+    Knock,
+    Message,
+    Query,
+    QueryReply,
+    Status,
+    Welcome,
 )
 
 from .device import ChannelDevice
@@ -146,10 +160,10 @@ class GuestClient:
         self._request_id = next_request_id(self._request_id)
         return self._request_id
 
-    def _send(self, mtype: MessageType, body: Dict[str, Any], request_id: int) -> None:
+    def _send(self, message: Message, request_id: int) -> None:
         version = self.session.version if self.session else self.config.versions[-1]
-        LOG.debug("--> %s id=%08x", mtype.name, request_id)
-        self.device.write(encode_message(mtype, body, request_id, version), self.config.ack_timeout)
+        LOG.debug("--> %s id=%08x", message.TYPE.name, request_id)
+        self.device.write(message.encode(request_id, version), self.config.ack_timeout)
 
     def _recv(self, deadline: float) -> Optional[Frame]:
         """The next frame the host may send, or None at the deadline."""
@@ -194,11 +208,7 @@ class GuestClient:
             if now >= next_hello:
                 request_id = self._next_id()
                 hello_ids.add(request_id)
-                self._send(
-                    MessageType.HELLO,
-                    {"nonce": nonce, "versions": config.versions, "agent": self.agent},
-                    request_id,
-                )
+                self._send(Hello(nonce, config.versions, self.agent), request_id)
                 last_hello = now
                 next_hello = now + interval
                 interval = min(interval * 1.5, config.hello_max_interval)
@@ -220,41 +230,34 @@ class GuestClient:
                 if session is not None:
                     return session
             elif frame.type == MessageType.ERROR and frame.request_id in hello_ids:
-                body = _json_or_empty(frame)
-                message = str(body.get("message", ""))
-                if body.get("code") == ERR_VERSION:
+                error = _error(frame)
+                if error.code == ERR_VERSION:
                     raise VersionMismatch(
-                        f"the dom0 agent refused the handshake: {message} (this guest "
+                        f"the dom0 agent refused the handshake: {error.message} (this guest "
                         f"speaks {_fmt(config.versions)})"
                     )
-                raise RemoteError(str(body.get("code", "error")), message)
+                raise error.exception()
             else:
                 self.frames_ignored += 1
 
     def _accept_welcome(
         self, frame: Frame, nonce: str, start: float, hellos: int
     ) -> Optional[Session]:
-        body = _json_or_empty(frame)
-        if body.get("nonce") != nonce:
+        welcome = _parsed(Welcome, frame)
+        if welcome is None or welcome.nonce != nonce:
             self.frames_ignored += 1  # a WELCOME meant for an earlier session or boot
             return None
-        version = body.get("version")
-        session_id = body.get("session")
-        if version not in self.config.versions or not isinstance(session_id, str):
+        version = welcome.version
+        session_id = welcome.session
+        if version not in self.config.versions or session_id is None:
             raise ProtocolError(
                 f"the dom0 agent chose protocol version {version!r}, which this guest "
                 f"does not speak ({_fmt(self.config.versions)})"
             )
-        assert isinstance(version, int)
+        assert version is not None
         elapsed = time.monotonic() - start
-        link = body.get("link")
         self.session = Session(
-            session_id,
-            version,
-            nonce,
-            elapsed=elapsed,
-            hellos=hellos,
-            link=link if isinstance(link, str) else "",
+            session_id, version, nonce, elapsed=elapsed, hellos=hellos, link=welcome.link
         )
         LOG.info("handshake done: version %d after %d HELLO(s), %.3f s", version, hellos, elapsed)
         return self.session
@@ -302,14 +305,14 @@ class GuestClient:
                 last_error = str(exc)
                 LOG.warning("bundle transfer failed, retrying: %s", exc)
                 continue
-            self._acknowledge(MessageType.BUNDLE_ACK, {"sha256": receiver.sha256}, "bundle receipt")
+            digest = receiver.sha256
+            assert digest is not None  # end() succeeded, so the digest was checked
+            self._acknowledge(functools.partial(BundleAck, sha256=digest), "bundle receipt")
             return bundle
 
     def _transfer(self, session: Session, receiver: BundleReceiver, deadline: float) -> Bundle:
         request_id = self._next_id()
-        body = {"session": session.session_id}  # type: Dict[str, Any]
-        body.update(receiver.resume_request())
-        self._send(MessageType.GET_BUNDLE, body, request_id)
+        self._send(GetBundle(session.session_id, receiver.resume()), request_id)
         idle = self.config.idle_timeout
         last_progress = time.monotonic()
         while True:
@@ -321,11 +324,11 @@ class GuestClient:
                 )
             last_progress = time.monotonic()
             if frame.type == MessageType.BUNDLE_BEGIN:
-                receiver.begin(frame.json())
+                receiver.begin(BundleBegin.from_frame(frame))
             elif frame.type == MessageType.BUNDLE_CHUNK:
                 receiver.chunk(frame.payload)
             elif frame.type == MessageType.BUNDLE_END:
-                bundle = receiver.end(frame.json())
+                bundle = receiver.end(BundleEnd.from_frame(frame))
                 LOG.info(
                     "bundle received: %d bytes, sha256 %s, instance-id %s",
                     receiver.progress[0],
@@ -362,20 +365,20 @@ class GuestClient:
         delivered late (stale bytes are normal); one from another connection means the
         agent or QEMU restarted and our session is gone.
         """
-        link = _json_or_empty(frame).get("link")
+        knock = _parsed(Knock, frame)
+        link = knock.link if knock is not None else ""
         if self.session is not None and link == self.session.link and link:
             self.frames_ignored += 1
             return
         raise _Restart()
 
     def _raise_remote(self, frame: Frame) -> None:
-        body = _json_or_empty(frame)
-        code = str(body.get("code", "error"))
-        if code == ERR_BAD_REQUEST and "session" in str(body.get("message", "")):
+        error = _error(frame)
+        if error.code == ERR_BAD_REQUEST and "session" in error.message:
             raise _Restart()
-        raise RemoteError(code, str(body.get("message", "")))
+        raise error.exception()
 
-    def _acknowledge(self, mtype: MessageType, body: Dict[str, Any], what: str) -> bool:
+    def _acknowledge(self, report: Callable[[str], Message], what: str) -> bool:
         """Send a report and wait for STATUS_ACK, re-greeting a restarted host.
 
         Never raises for dom0's sake: an unreachable or refusing dom0 gives False (and a
@@ -391,9 +394,7 @@ class GuestClient:
                 LOG.warning("could not reach dom0 to deliver the %s: %s", what, exc)
                 return False
             request_id = self._next_id()
-            message = dict(body)
-            message["session"] = session.session_id
-            self._send(mtype, message, request_id)
+            self._send(report(session.session_id), request_id)
             deadline = time.monotonic() + config.ack_timeout
             try:
                 while True:
@@ -425,12 +426,9 @@ class GuestClient:
         """Tell dom0 how applying the bundle went; True once dom0 recorded it."""
         if state not in STATUS_STATES:
             raise ValueError(f"status {state!r} is not one of {', '.join(STATUS_STATES)}")
-        body = {"state": state}  # type: Dict[str, Any]
-        if reason:
-            body["reason"] = reason[:500]
-        if instance_id:
-            body["instance_id"] = instance_id
-        return self._acknowledge(MessageType.STATUS, body, f"status {state!r}")
+        return self._acknowledge(
+            lambda session: Status(session, state, reason, instance_id), f"status {state!r}"
+        )
 
     def serve_queries(
         self,
@@ -450,13 +448,12 @@ class GuestClient:
             if frame.type != MessageType.QUERY:
                 self.frames_ignored += 1
                 continue
-            what = _json_or_empty(frame).get("what")
-            keys = [str(k) for k in what] if isinstance(what, list) else []
+            query = _parsed(Query, frame)
             try:
-                reply = handler(keys)
+                reply = handler(query.what if query is not None else [])
             except ChannelError as exc:
                 reply = {"error": str(exc)}
-            self._send(MessageType.QUERY_REPLY, reply, frame.request_id)
+            self._send(QueryReply(reply), frame.request_id)
             answered += 1
         return answered
 
@@ -472,11 +469,19 @@ def _no_progress(receiver: BundleReceiver, before: int) -> int:
     return 0 if receiver.progress[0] > before else 1
 
 
-def _json_or_empty(frame: Frame) -> Dict[str, Any]:
+M = TypeVar("M", bound=Message)
+
+
+def _parsed(kind: Type[M], frame: Frame) -> Optional[M]:
+    """The frame's message, or None if its body is unreadable (garbage is dropped)."""
     try:
-        return frame.json()
+        return kind.from_frame(frame)
     except ProtocolError:
-        return {}
+        return None
+
+
+def _error(frame: Frame) -> Error:
+    return _parsed(Error, frame) or Error("error", "")
 
 
 def _type_name(frame: Frame) -> str:

@@ -23,6 +23,7 @@ from tests.unit.plugins.modules._harness import fail_module, run_module
 PACKAGE: Dict[str, bytes] = {
     "__init__.py": b'"""xenchannel."""\n',
     "protocol.py": b"VERSION = 1\n",
+    "session.py": b"class Hello: pass\n",
     "dom0/__init__.py": b"",
     "dom0/agent.py": b"def main():\n    pass\n",
     "guest/__init__.py": b"",
