@@ -34,13 +34,23 @@ DS_NAME = "XenChannel"
 DEFAULT_CHANNEL = "org.xenchannel.provision.0"
 XEN_CHANNEL_DIR = "dev/xen-channel"
 VIRTIO_PORTS_DIR = "dev/virtio-ports"
+# The xenbus devices of this domain's secondary consoles (its channels): the kernel makes
+# them before udev runs the rule that names them, so they tell "a channel is coming".
+XEN_DEVICES_DIR = "sys/bus/xen/devices"
+CHANNEL_CONSOLES = tuple(f"console-{n}" for n in range(1, 10))
+# systemd-udevd keeps this file while events are queued or running (what `udevadm
+# settle` waits on): while it exists, the rule may still be making the link.
+UDEV_QUEUE = "run/udev/queue"
 # What the datasource records after a fetch, for check_instance_id (under cloud_dir).
 RECORD_NAME = "xenchannel.json"
 
 # name: (default, minimum, maximum); floats are seconds.  The defaults keep a channel
 # whose dom0 never answers from holding the boot more than wait + connect (7 s).
+# udev_timeout is spent only while udev is still busy and the domain has channel
+# consoles: on a loaded host, naming the channel (a xenstore read) can take longer.
 NUMBER_SETTINGS = {
     "wait_timeout": (2.0, 0.0, 60.0),
+    "udev_timeout": (60.0, 0.0, 300.0),
     "lock_timeout": (2.0, 0.0, 60.0),
     "connect_timeout": (5.0, 0.1, 120.0),
     "transfer_timeout": (30.0, 0.1, 600.0),
@@ -187,11 +197,23 @@ def platform_uuid(root="/"):
     return None
 
 
+def channel_consoles(root="/"):
+    """This domain's secondary Xen consoles (``console-1`` .. ``console-9``) in sysfs."""
+    return [c for c in CHANNEL_CONSOLES if os.path.exists(_under(root, XEN_DEVICES_DIR + "/" + c))]
+
+
+def udev_busy(root="/"):
+    """True while systemd-udevd has events queued or running."""
+    return os.path.exists(_under(root, UDEV_QUEUE))
+
+
 def detect(settings):
     """The channel device path, or None.  Looks at paths only; writes nothing.
 
     A present device (Xen link or virtio port) is found at once.  Not on Xen and no
-    device: None at once.  On Xen: wait up to ``wait_timeout`` for udev's link.
+    device: None at once.  On Xen: wait up to ``wait_timeout`` for udev's link, then,
+    while the domain has channel consoles and udev is still busy, up to
+    ``udev_timeout`` more.
     """
     xen_path, virtio_path = channel_paths(settings)
     for path in (xen_path, virtio_path):
@@ -203,10 +225,56 @@ def detect(settings):
     LOG.debug("XenChannel: on Xen, waiting up to %gs for %s", settings["wait_timeout"], xen_path)
     try:
         wait_for_path(xen_path, settings["wait_timeout"])
+        return xen_path
     except ChannelError as exc:
-        LOG.debug("XenChannel: %s", exc)
+        first_error = exc
+    root = settings["root"]
+    consoles = channel_consoles(root)
+    if not consoles:
+        LOG.debug("XenChannel: %s (this domain has no channel consoles)", first_error)
         return None
-    return xen_path
+    if _wait_while_udev_busy(xen_path, settings["udev_timeout"], root, consoles):
+        return xen_path
+    LOG.debug(
+        "XenChannel: %s; udev has handled this domain's channel consoles (%s) without "
+        "making it: the channel has another name, or naming failed (journalctl -t "
+        "xenchannel-console-setup says why)",
+        first_error,
+        ", ".join(consoles),
+    )
+    return None
+
+
+def _wait_while_udev_busy(path, timeout, root, consoles):
+    """Whether ``path`` appears while udev is still busy, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while udev_busy(root):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            LOG.warning(
+                "XenChannel: udev was still busy after %gs more and %s is not there; "
+                "raise datasource.XenChannel.udev_timeout if this host names channels slowly",
+                timeout,
+                path,
+            )
+            return False
+        if not announced:
+            LOG.debug(
+                "XenChannel: udev is still handling devices and this domain has channel "
+                "consoles (%s): waiting up to %gs more for %s",
+                ", ".join(consoles),
+                timeout,
+                path,
+            )
+            announced = True
+        try:
+            # In short steps: udev finishing (the queue file going away) ends the wait.
+            wait_for_path(path, min(remaining, 0.5))
+            return True
+        except ChannelError:
+            continue
+    return os.path.exists(path)
 
 
 def unwrap_network_config(config):

@@ -10,7 +10,8 @@
 #   a virtio port named <name> in sysfs (no udev needed)          -> found
 #   a Xen guest with a secondary PV console (console-N on xenbus) -> found
 #     (its name is in xenstore, which udev's helper reads later; the datasource
-#     then waits at most wait_timeout, 2 s, for the link)
+#     then waits for the link: wait_timeout, 2 s, and while udev is still busy
+#     up to udev_timeout, 60 s, more)
 #   otherwise, a Xen guest without one too                        -> not found
 # A Xen channel is a xenbus device console-N; the primary console never is one, and the
 # kernel enumerates xenbus devices before any generator runs. A clone of the same

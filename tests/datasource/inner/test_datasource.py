@@ -109,6 +109,69 @@ def test_on_xen_wait_is_bounded(guest):
     assert 0.45 < time.monotonic() - start < 1.5
 
 
+def _channel_console_and_busy_udev(guest, consoles=("console-1",)):
+    guest.make_xen()
+    for console in consoles:
+        os.makedirs(guest.path(f"sys/bus/xen/devices/{console}"))
+    os.makedirs(guest.path("run/udev"))
+    queue = guest.path("run/udev/queue")
+    open(queue, "w").close()
+    return queue
+
+
+def test_on_xen_keeps_waiting_while_udev_is_naming_a_channel_console(guest):
+    """On a loaded host the rule's xenstore read can outlast wait_timeout."""
+    _channel_console_and_busy_udev(guest)
+    target = guest.path("hvc1")
+    open(target, "w").close()
+    timer = threading.Timer(1.2, guest.link_channel, (target,))
+    timer.start()
+    try:
+        start = time.monotonic()
+        found = dsmod.detect(guest.datasource(wait_timeout=0.3, udev_timeout=20.0)._settings)
+        elapsed = time.monotonic() - start
+    finally:
+        timer.join()
+    assert found == guest.path(f"dev/xen-channel/{dsmod.DEFAULT_CHANNEL}")
+    assert 1.0 < elapsed < 10.0
+
+
+def test_udev_finishing_without_the_link_ends_the_wait(guest, caplog):
+    queue = _channel_console_and_busy_udev(guest, ("console-1", "console-2"))
+    timer = threading.Timer(0.8, os.unlink, (queue,))
+    timer.start()
+    try:
+        start = time.monotonic()
+        with caplog.at_level(logging.DEBUG):
+            found = dsmod.detect(guest.datasource(wait_timeout=0.3, udev_timeout=60.0)._settings)
+        elapsed = time.monotonic() - start
+    finally:
+        timer.join()
+    assert found is None
+    assert 0.7 < elapsed < 10.0
+    assert "console-1, console-2" in caplog.text
+    assert "journalctl -t xenchannel-console-setup" in caplog.text
+
+
+def test_busy_udev_wait_is_bounded_and_says_which_setting(guest, caplog):
+    _channel_console_and_busy_udev(guest)
+    start = time.monotonic()
+    with caplog.at_level(logging.DEBUG):
+        found = dsmod.detect(guest.datasource(wait_timeout=0.2, udev_timeout=0.6)._settings)
+    assert found is None
+    assert 0.7 < time.monotonic() - start < 5.0
+    assert "datasource.XenChannel.udev_timeout" in caplog.text
+
+
+def test_busy_udev_without_channel_consoles_is_not_waited_for(guest):
+    """A Xen guest with no secondary console has no channel: udev's work is not ours."""
+    queue = _channel_console_and_busy_udev(guest, ())
+    assert os.path.exists(queue)
+    start = time.monotonic()
+    assert dsmod.detect(guest.datasource(wait_timeout=0.3, udev_timeout=60.0)._settings) is None
+    assert time.monotonic() - start < 3.0
+
+
 def test_proc_xen_counts_as_xen(guest):
     os.makedirs(guest.path("proc/xen"))
     assert dsmod.on_xen(guest.root)
