@@ -58,14 +58,14 @@ start_agent
 broken_config
 create broken
 wait_status broken applied agent-status-applied 600
-shutdown_vm broken 180
+shutdown_vm broken 300
 # 1. vm1's first boot: identity over the channel, status back to the agent.
 create vm1
 wait_status vm1 applied agent-status-applied 600
 wait_console vm1 'Cloud-init v.* finished' guest-final-seen 300
 query vm1
 collect vm1-boot1
-shutdown_vm vm1 180
+shutdown_vm vm1 300
 snapshot vm1
 # 2. vm2, a second clone of the template on the same host; its second channel carries
 #    the raw channel benchmark (files/channel-bench against files/guest-echo).
@@ -73,20 +73,20 @@ create vm2
 wait_status vm2 applied agent-status-applied 600
 channel_bench vm2 /run/xenchannel/vm2-echo.sock
 collect vm2-boot1
-shutdown_vm vm2 180
+shutdown_vm vm2 300
 snapshot vm2
 # 3. vm1's second boot with the dom0 agent stopped: same instance, nothing re-applied.
 stop_agent
 create vm1
 wait_console vm1 'Cloud-init v.* finished' guest-final-seen 600
-shutdown_vm vm1 180
+shutdown_vm vm1 300
 snapshot vm1
 # 4. The NoCloud baseline: the same template with a cidata ISO instead of the channel.
 nocloud_config
 create nocloud
 wait_console nocloud 'Finished.*cloud-init-local' guest-local-done-seen 420
 wait_console nocloud 'Cloud-init v.* finished' guest-final-seen 300
-shutdown_vm nocloud 180
+shutdown_vm nocloud 300
 snapshot nocloud
 """
 # The disks the job's VMs use, in the order they appear in dom0 (vdc, vdd, vde).

@@ -14,5 +14,5 @@ create vm1
 wait_console vm1 'Reached target.*[Mm]ulti-[Uu]ser' guest-multi-user-seen 900
 wait_status vm1 applied agent-status-applied 240
 collect
-shutdown_vm vm1 180
+shutdown_vm vm1 300
 stop_agent
