@@ -52,7 +52,7 @@ EXAMPLES: List[Message] = [
 def message_classes() -> List[type]:
     return [
         cls
-        for _, cls in inspect.getmembers(session, inspect.isclass)
+        for _name, cls in inspect.getmembers(session, inspect.isclass)
         if issubclass(cls, Message) and cls is not Message
     ]
 
