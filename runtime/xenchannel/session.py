@@ -12,13 +12,28 @@ Sans-IO, standard library only, Python 3.6 to 3.13 (no dataclasses, no walrus).
 docs/protocol.md is the specification of every body below.
 """
 
+import enum
 import hashlib
 import struct
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 from xenchannel.protocol import (
     CURRENT_VERSION,
     DEFAULT_CHUNK_SIZE,
+    ERR_BAD_REQUEST,
+    ERR_VERSION,
     MAX_BUNDLE_SIZE,
     STATUS_STATES,
     Bundle,
@@ -27,11 +42,14 @@ from xenchannel.protocol import (
     MessageType,
     ProtocolError,
     RemoteError,
+    Sender,
     VersionMismatch,
     bundle_chunks,
     chunk_count,
     encode_frame,
     encode_message,
+    new_nonce,
+    next_request_id,
 )
 
 # Bounds on what a peer's body may make the receiver keep.
@@ -609,3 +627,307 @@ class QueryReply(Message):
     @classmethod
     def parse(cls, body: Dict[str, Any]) -> "QueryReply":
         return cls(dict(body))
+
+
+# --------------------------------------------------------------------------- the guest's session
+
+
+class GuestState(enum.Enum):
+    """Where the guest's end of a session is; each state says what it waits for."""
+
+    IDLE = "idle"  # no session: the next step is a HELLO
+    GREETING = "greeting"  # HELLO sent (maybe again and again), WELCOME awaited
+    READY = "ready"  # a session, no request outstanding; QUERYs are answered here
+    # (and in IDLE: the in-guest agent answers dom0 without a session of its own)
+    FETCHING = "fetching"  # GET_BUNDLE sent, BEGIN / CHUNK... / END awaited
+    REPORTING = "reporting"  # STATUS or BUNDLE_ACK sent, STATUS_ACK awaited
+
+
+_WITH_SESSION = (GuestState.READY, GuestState.FETCHING, GuestState.REPORTING)
+
+
+class SessionInfo:
+    """What a completed handshake agreed on."""
+
+    __slots__ = ("hellos", "link", "nonce", "session_id", "version")
+
+    def __init__(self, session_id: str, version: int, nonce: str, link: str, hellos: int) -> None:
+        self.session_id = session_id
+        self.link = link  # the host connection this session lives on
+        self.version = version
+        self.nonce = nonce
+        self.hellos = hellos
+
+
+class Event:
+    """What a received frame meant, for the driver to act on."""
+
+    __slots__: Tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Ignored(Event):
+    """Nothing for this state: an echo, a stale reply, a frame of an earlier session."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class Knocked(Event):
+    """The host (re)connected while we greet it: greet now rather than at the next tick."""
+
+    __slots__ = ()
+
+
+class Welcomed(Event):
+    """The handshake is done."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: SessionInfo) -> None:
+        self.session = session
+
+
+class SessionLost(Event):
+    """The host no longer knows our session (it or QEMU restarted): greet it again."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class BundleProgress(Event):
+    """A BEGIN or CHUNK of the bundle arrived and was taken."""
+
+    __slots__ = ("received", "total")
+
+    def __init__(self, received: int, total: int) -> None:
+        self.received = received
+        self.total = total
+
+
+class BundleReceived(Event):
+    """END arrived and the bundle passed its digest and validation."""
+
+    __slots__ = ("bundle", "sha256")
+
+    def __init__(self, bundle: Bundle, sha256: str) -> None:
+        self.bundle = bundle
+        self.sha256 = sha256
+
+
+class Acknowledged(Event):
+    """dom0 recorded our STATUS or BUNDLE_ACK."""
+
+    __slots__ = ()
+
+
+class QueryReceived(Event):
+    """dom0 asks something; answer with ``GuestSession.answer``."""
+
+    __slots__ = ("query", "request_id")
+
+    def __init__(self, request_id: int, query: Query) -> None:
+        self.request_id = request_id
+        self.query = query
+
+
+class GuestSession:
+    """The guest's half of the session rules, sans-IO: frames in, events and bytes out.
+
+    The driver (``guest/client.py``) moves bytes and keeps time: it sends what the
+    ``hello``/``get_bundle``/``report``/``answer`` methods return, feeds every frame it
+    decodes to ``receive``, and acts on the event that comes back.  A frame a peer must
+    not send in this state is an ``Ignored`` event (stale bytes are normal on a channel);
+    a refusal the guest cannot go on from raises the exception the caller sees.
+    """
+
+    def __init__(self, versions: Sequence[int], agent: str, first_request_id: int) -> None:
+        self.versions = sorted(versions)
+        self.agent = agent
+        self.state = GuestState.IDLE
+        self.session: Optional[SessionInfo] = None
+        self.receiver: Optional[BundleReceiver] = None
+        self._request_id = first_request_id
+        self._nonce = ""
+        self._hello_ids: Set[int] = set()
+        self._outstanding = 0  # the request id a reply must carry
+
+    @property
+    def version(self) -> int:
+        """The version frames are sent in: the session's, else our highest for HELLO."""
+        return self.session.version if self.session else self.versions[-1]
+
+    def _next_id(self) -> int:
+        self._request_id = next_request_id(self._request_id)
+        return self._request_id
+
+    def _require(self, action: str, *states: GuestState) -> None:
+        if self.state not in states:
+            raise ProtocolError(f"cannot {action} in state {self.state.value}")
+
+    # ------------------------------------------------------------------ what to send
+
+    def hello(self) -> bytes:
+        """A HELLO: the first starts a handshake with a fresh nonce, later ones repeat it."""
+        if self.state != GuestState.GREETING:
+            self.session = None
+            self.state = GuestState.GREETING
+            self._nonce = new_nonce()
+            self._hello_ids = set()
+        request_id = self._next_id()
+        self._hello_ids.add(request_id)
+        return Hello(self._nonce, self.versions, self.agent).encode(request_id, self.version)
+
+    @property
+    def request_id(self) -> int:
+        """The id of the last request built."""
+        return self._request_id
+
+    @property
+    def hellos_sent(self) -> int:
+        return len(self._hello_ids)
+
+    def get_bundle(self, receiver: BundleReceiver) -> bytes:
+        """A GET_BUNDLE, resuming where ``receiver`` stopped.  Any request of ours still
+        outstanding (a stalled transfer, an unanswered report) is abandoned: its late
+        replies carry the old request id and are ignored."""
+        self._require("ask for the bundle", *_WITH_SESSION)
+        assert self.session is not None
+        self.receiver = receiver
+        self.state = GuestState.FETCHING
+        self._outstanding = self._next_id()
+        request = GetBundle(self.session.session_id, receiver.resume())
+        return request.encode(self._outstanding, self.version)
+
+    def report(self, build: Callable[[str], Message]) -> bytes:
+        """A STATUS or BUNDLE_ACK for this session (``build(session_id)``), abandoning
+        any request still outstanding, as ``get_bundle`` does."""
+        self._require("report", *_WITH_SESSION)
+        assert self.session is not None
+        self.state = GuestState.REPORTING
+        self._outstanding = self._next_id()
+        return build(self.session.session_id).encode(self._outstanding, self.version)
+
+    def answer(self, event: QueryReceived, reply: Dict[str, Any]) -> bytes:
+        """The QUERY_REPLY to ``event``."""
+        return QueryReply(reply).encode(event.request_id, self.version)
+
+    def lose_session(self) -> None:
+        """Forget the session (the driver gave up on it); the next step is a HELLO."""
+        self.session = None
+        self.state = GuestState.IDLE
+
+    # ------------------------------------------------------------------ what arrived
+
+    def receive(self, frame: Frame) -> Event:
+        """What ``frame`` means in this state.
+
+        Raises VersionMismatch or RemoteError when dom0 refuses the handshake or a
+        request for good, ProtocolError for a WELCOME this guest cannot accept, and
+        ProtocolError or BundleError for a transfer that went wrong (the receiver keeps
+        what can be resumed).
+        """
+        if not frame.is_from(Sender.HOST):
+            return Ignored("not a host frame (an echo of our own, or junk)")
+        if frame.type == MessageType.KNOCK:
+            return self._on_knock(frame)
+        if self.state == GuestState.GREETING:
+            return self._while_greeting(frame)
+        if frame.type == MessageType.QUERY:
+            if self.state not in (GuestState.IDLE, GuestState.READY):
+                return Ignored("a QUERY while a request of ours is outstanding")
+            # An unreadable body asks for nothing, and still gets its (empty) answer,
+            # so dom0 is not left waiting for its timeout.
+            return QueryReceived(frame.request_id, _parsed(Query, frame) or Query([]))
+        if self.state not in (GuestState.FETCHING, GuestState.REPORTING):
+            return Ignored("no request of ours is outstanding")
+        if frame.request_id != self._outstanding:
+            return Ignored("a reply to an earlier request")
+        if frame.type == MessageType.ERROR:
+            return self._on_error(frame)
+        if self.state == GuestState.FETCHING:
+            return self._while_fetching(frame)
+        if frame.type == MessageType.STATUS_ACK:
+            self.state = GuestState.READY
+            return Acknowledged()
+        return Ignored("not a STATUS_ACK")
+
+    def _on_knock(self, frame: Frame) -> Event:
+        if self.state in (GuestState.IDLE, GuestState.GREETING):
+            return Knocked()
+        # A KNOCK of the connection our session lives on was sent before we greeted and
+        # delivered late (stale bytes are normal); one from another connection means the
+        # agent or QEMU restarted and our session is gone.
+        knock = _parsed(Knock, frame)
+        link = knock.link if knock is not None else ""
+        if self.session is not None and link and link == self.session.link:
+            return Ignored("a late KNOCK of our own connection")
+        self.lose_session()
+        return SessionLost("the dom0 agent or QEMU reconnected; the session is gone")
+
+    def _while_greeting(self, frame: Frame) -> Event:
+        if frame.type == MessageType.WELCOME:
+            welcome = _parsed(Welcome, frame)
+            if welcome is None or welcome.nonce != self._nonce:
+                return Ignored("a WELCOME meant for an earlier session or boot")
+            if welcome.version not in self.versions or welcome.session is None:
+                raise ProtocolError(
+                    f"the dom0 agent chose protocol version {welcome.version!r}, which this "
+                    f"guest does not speak ({_fmt_versions(self.versions)})"
+                )
+            assert welcome.version is not None
+            self.session = SessionInfo(
+                welcome.session, welcome.version, self._nonce, welcome.link, self.hellos_sent
+            )
+            self.state = GuestState.READY
+            return Welcomed(self.session)
+        if frame.type == MessageType.ERROR and frame.request_id in self._hello_ids:
+            error = _parsed(Error, frame) or Error("error", "")
+            self.state = GuestState.IDLE
+            if error.code == ERR_VERSION:
+                raise VersionMismatch(
+                    f"the dom0 agent refused the handshake: {error.message} (this guest "
+                    f"speaks {_fmt_versions(self.versions)})"
+                )
+            raise error.exception()
+        return Ignored("not a WELCOME to our HELLO")
+
+    def _on_error(self, frame: Frame) -> Event:
+        error = _parsed(Error, frame) or Error("error", "")
+        if error.code == ERR_BAD_REQUEST and "session" in error.message:
+            self.lose_session()
+            return SessionLost("the dom0 agent does not know this session")
+        self.state = GuestState.READY
+        raise error.exception()
+
+    def _while_fetching(self, frame: Frame) -> Event:
+        receiver = self.receiver
+        assert receiver is not None
+        if frame.type == MessageType.BUNDLE_BEGIN:
+            receiver.begin(BundleBegin.from_frame(frame))
+        elif frame.type == MessageType.BUNDLE_CHUNK:
+            receiver.chunk(frame.payload)
+        elif frame.type == MessageType.BUNDLE_END:
+            bundle = receiver.end(BundleEnd.from_frame(frame))
+            digest = receiver.sha256
+            assert digest is not None  # end() succeeded, so the digest was checked
+            self.state = GuestState.READY
+            return BundleReceived(bundle, digest)
+        else:
+            return Ignored("not a part of the bundle")
+        return BundleProgress(*receiver.progress)
+
+
+def _parsed(kind: Type[M], frame: Frame) -> Optional[M]:
+    """The frame's message, or None if its body is unreadable (garbage is dropped)."""
+    try:
+        return kind.from_frame(frame)
+    except ProtocolError:
+        return None

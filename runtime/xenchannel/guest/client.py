@@ -22,13 +22,11 @@ Standard library only; runs on Python 3.6 to 3.13.
 import functools
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional
 
 from xenchannel import __version__
 from xenchannel.protocol import (
     DEFAULT_MAX_PAYLOAD,
-    ERR_BAD_REQUEST,
-    ERR_VERSION,
     MAX_BUNDLE_SIZE,
     PROTOCOL_VERSIONS,
     STATUS_STATES,
@@ -38,30 +36,27 @@ from xenchannel.protocol import (
     ChannelTimeout,
     Frame,
     FrameDecoder,
-    MessageType,
     ProtocolError,
     RemoteError,
-    Sender,
     Skipped,
-    VersionMismatch,
-    new_nonce,
     new_request_id,
-    next_request_id,
 )
 from xenchannel.session import (
+    Acknowledged,
     BundleAck,
-    BundleBegin,
-    BundleEnd,
+    BundleProgress,
+    BundleReceived,
     BundleReceiver,
-    Error,
-    GetBundle,
-    Hello,
-    Knock,
+    Event,
+    GuestSession,
+    Ignored,
+    Knocked,
     Message,
-    Query,
-    QueryReply,
+    QueryReceived,
+    SessionInfo,
+    SessionLost,
     Status,
-    Welcome,
+    Welcomed,
 )
 
 from .device import ChannelDevice
@@ -106,17 +101,15 @@ class ClientConfig:
 
 
 class Session:
-    """What a completed handshake agreed on."""
+    """What a completed handshake agreed on, and how long it took."""
 
-    def __init__(
-        self, session_id: str, version: int, nonce: str, *, elapsed: float, hellos: int, link: str
-    ) -> None:
-        self.session_id = session_id
-        self.link = link  # the host connection this session lives on
-        self.version = version
-        self.nonce = nonce
+    def __init__(self, info: SessionInfo, elapsed: float) -> None:
+        self.session_id = info.session_id
+        self.link = info.link  # the host connection this session lives on
+        self.version = info.version
+        self.nonce = info.nonce
+        self.hellos = info.hellos
         self.elapsed = elapsed
-        self.hellos = hellos
 
 
 class _Restart(Exception):
@@ -124,7 +117,11 @@ class _Restart(Exception):
 
 
 class GuestClient:
-    """The guest's end of one channel.  Use as a context manager."""
+    """The guest's end of one channel.  Use as a context manager.
+
+    A driver of ``GuestSession`` (xenchannel.session), which holds every rule of the
+    guest's half of a session: this class moves bytes and keeps time.
+    """
 
     def __init__(
         self, device: ChannelDevice, config: Optional[ClientConfig] = None, agent: str = AGENT_NAME
@@ -132,10 +129,10 @@ class GuestClient:
         self.device = device
         self.config = config or ClientConfig()
         self.agent = agent
-        self.session = None  # type: Optional[Session]
+        self.machine = GuestSession(self.config.versions, agent, new_request_id())
+        self._session = None  # type: Optional[Session]
         self._decoder = FrameDecoder(self.config.max_frame)
         self._pending = []  # type: List[Frame]
-        self._request_id = new_request_id()
         self.frames_ignored = 0
         self.bytes_skipped = 0
 
@@ -154,19 +151,19 @@ class GuestClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def session(self) -> Optional[Session]:
+        """The current session, or None (never made, or lost since)."""
+        return self._session if self.machine.session is not None else None
+
     # ------------------------------------------------------------------ plumbing
 
-    def _next_id(self) -> int:
-        self._request_id = next_request_id(self._request_id)
-        return self._request_id
-
-    def _send(self, message: Message, request_id: int) -> None:
-        version = self.session.version if self.session else self.config.versions[-1]
-        LOG.debug("--> %s id=%08x", message.TYPE.name, request_id)
-        self.device.write(message.encode(request_id, version), self.config.ack_timeout)
+    def _send(self, data: bytes, what: str) -> None:
+        LOG.debug("--> %s id=%08x", what, self.machine.request_id)
+        self.device.write(data, self.config.ack_timeout)
 
     def _recv(self, deadline: float) -> Optional[Frame]:
-        """The next frame the host may send, or None at the deadline."""
+        """The next frame, or None at the deadline."""
         while not self._pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -178,14 +175,26 @@ class GuestClient:
                 if isinstance(item, Skipped):
                     self.bytes_skipped += item.size
                     LOG.debug("skipped %d bytes: %s", item.size, item.reason)
-                elif item.is_from(Sender.HOST):
-                    self._pending.append(item)
                 else:
-                    # Our own frames echoed by a tty that was still cooked, or junk.
-                    self.frames_ignored += 1
+                    self._pending.append(item)
         frame = self._pending.pop(0)
         LOG.debug("<-- %s id=%08x", _type_name(frame), frame.request_id)
         return frame
+
+    def _event(self, deadline: float) -> Optional[Event]:
+        """What the next frame means to the session machine, or None at the deadline.
+
+        Frames it ignores (echoes, stale replies, junk) are counted and skipped.
+        """
+        while True:
+            frame = self._recv(deadline)
+            if frame is None:
+                return None
+            event = self.machine.receive(frame)
+            if not isinstance(event, Ignored):
+                return event
+            LOG.debug("ignored: %s", event.reason)
+            self.frames_ignored += 1
 
     # ------------------------------------------------------------------ handshake
 
@@ -195,72 +204,42 @@ class GuestClient:
         ``timeout`` defaults to ``connect_timeout``.
         """
         config = self.config
+        machine = self.machine
         limit = config.connect_timeout if timeout is None else timeout
         start = time.monotonic()
         deadline = start + limit
-        nonce = new_nonce()
-        hello_ids = set()
+        machine.lose_session()  # every handshake greets with a fresh nonce
         interval = config.hello_interval
         next_hello = start
         last_hello = 0.0
         while True:
             now = time.monotonic()
             if now >= next_hello:
-                request_id = self._next_id()
-                hello_ids.add(request_id)
-                self._send(Hello(nonce, config.versions, self.agent), request_id)
+                self._send(machine.hello(), "HELLO")
                 last_hello = now
                 next_hello = now + interval
                 interval = min(interval * 1.5, config.hello_max_interval)
             if now >= deadline:
                 raise ChannelTimeout(
                     f"no answer from the dom0 agent on {self.device.path} within "
-                    f"{limit:g} s ({len(hello_ids)} HELLOs sent); check "
+                    f"{limit:g} s ({machine.hellos_sent} HELLOs sent); check "
                     "that the agent runs on dom0 and serves this domain"
                 )
-            frame = self._recv(min(next_hello, deadline))
-            if frame is None:
-                continue
-            if frame.type == MessageType.KNOCK:
+            event = self._event(min(next_hello, deadline))
+            if isinstance(event, Knocked):
                 # The host just (re)connected: greet now rather than at the next tick,
                 # but not more than five times a second whatever a peer sends.
                 next_hello = max(time.monotonic(), last_hello + 0.2)
-            elif frame.type == MessageType.WELCOME:
-                session = self._accept_welcome(frame, nonce, start, len(hello_ids))
-                if session is not None:
-                    return session
-            elif frame.type == MessageType.ERROR and frame.request_id in hello_ids:
-                error = _error(frame)
-                if error.code == ERR_VERSION:
-                    raise VersionMismatch(
-                        f"the dom0 agent refused the handshake: {error.message} (this guest "
-                        f"speaks {_fmt(config.versions)})"
-                    )
-                raise error.exception()
-            else:
-                self.frames_ignored += 1
-
-    def _accept_welcome(
-        self, frame: Frame, nonce: str, start: float, hellos: int
-    ) -> Optional[Session]:
-        welcome = _parsed(Welcome, frame)
-        if welcome is None or welcome.nonce != nonce:
-            self.frames_ignored += 1  # a WELCOME meant for an earlier session or boot
-            return None
-        version = welcome.version
-        session_id = welcome.session
-        if version not in self.config.versions or session_id is None:
-            raise ProtocolError(
-                f"the dom0 agent chose protocol version {version!r}, which this guest "
-                f"does not speak ({_fmt(self.config.versions)})"
-            )
-        assert version is not None
-        elapsed = time.monotonic() - start
-        self.session = Session(
-            session_id, version, nonce, elapsed=elapsed, hellos=hellos, link=welcome.link
-        )
-        LOG.info("handshake done: version %d after %d HELLO(s), %.3f s", version, hellos, elapsed)
-        return self.session
+            elif isinstance(event, Welcomed):
+                elapsed = time.monotonic() - start
+                self._session = Session(event.session, elapsed)
+                LOG.info(
+                    "handshake done: version %d after %d HELLO(s), %.3f s",
+                    event.session.version,
+                    event.session.hellos,
+                    elapsed,
+                )
+                return self._session
 
     # ------------------------------------------------------------------ bundle
 
@@ -286,11 +265,11 @@ class GuestClient:
                     f"fetching the bundle from {self.device.path} took longer than "
                     f"{config.transfer_timeout:g} s; raise transfer_timeout for a slow channel"
                 )
-            session = self.session or self.handshake()
+            if self.session is None:
+                self.handshake()
             try:
-                bundle = self._transfer(session, receiver, deadline)
+                received = self._transfer(receiver, deadline)
             except _Restart:
-                self.session = None
                 failures += _no_progress(receiver, progress_before)
                 last_error = "the dom0 agent restarted or lost the session"
                 continue
@@ -305,78 +284,36 @@ class GuestClient:
                 last_error = str(exc)
                 LOG.warning("bundle transfer failed, retrying: %s", exc)
                 continue
-            digest = receiver.sha256
-            assert digest is not None  # end() succeeded, so the digest was checked
-            self._acknowledge(functools.partial(BundleAck, sha256=digest), "bundle receipt")
-            return bundle
+            self._acknowledge(
+                functools.partial(BundleAck, sha256=received.sha256), "bundle receipt"
+            )
+            return received.bundle
 
-    def _transfer(self, session: Session, receiver: BundleReceiver, deadline: float) -> Bundle:
-        request_id = self._next_id()
-        self._send(GetBundle(session.session_id, receiver.resume()), request_id)
+    def _transfer(self, receiver: BundleReceiver, deadline: float) -> BundleReceived:
+        self._send(self.machine.get_bundle(receiver), "GET_BUNDLE")
         idle = self.config.idle_timeout
         last_progress = time.monotonic()
         while True:
-            frame = self._recv_reply(request_id, min(last_progress + idle, deadline))
-            if frame is None:
+            event = self._event(min(last_progress + idle, deadline))
+            if event is None:
                 got, total = receiver.progress
                 raise ChannelTimeout(
                     f"the bundle transfer stalled for {idle:g} s at {got} of {total} bytes"
                 )
-            last_progress = time.monotonic()
-            if frame.type == MessageType.BUNDLE_BEGIN:
-                receiver.begin(BundleBegin.from_frame(frame))
-            elif frame.type == MessageType.BUNDLE_CHUNK:
-                receiver.chunk(frame.payload)
-            elif frame.type == MessageType.BUNDLE_END:
-                bundle = receiver.end(BundleEnd.from_frame(frame))
+            if isinstance(event, SessionLost):
+                raise _Restart()
+            if isinstance(event, BundleProgress):
+                last_progress = time.monotonic()
+            elif isinstance(event, BundleReceived):
                 LOG.info(
                     "bundle received: %d bytes, sha256 %s, instance-id %s",
                     receiver.progress[0],
-                    receiver.sha256,
-                    bundle.instance_id,
+                    event.sha256,
+                    event.bundle.instance_id,
                 )
-                return bundle
-            elif frame.type == MessageType.ERROR:
-                self._raise_remote(frame)
+                return event
             else:
                 self.frames_ignored += 1
-
-    def _recv_reply(self, request_id: int, deadline: float) -> Optional[Frame]:
-        """The next frame answering ``request_id``, or None at the deadline.
-
-        Frames for other request ids (stale replies) are dropped; a KNOCK is judged by
-        ``_on_knock``, which raises ``_Restart`` if the host restarted.
-        """
-        while True:
-            frame = self._recv(deadline)
-            if frame is None:
-                return None
-            if frame.type == MessageType.KNOCK:
-                self._on_knock(frame)
-            elif frame.request_id == request_id:
-                return frame
-            else:
-                self.frames_ignored += 1
-
-    def _on_knock(self, frame: Frame) -> None:
-        """A KNOCK mid-request: greet again only if it comes from a new connection.
-
-        A KNOCK of the connection our session lives on was sent before we greeted and
-        delivered late (stale bytes are normal); one from another connection means the
-        agent or QEMU restarted and our session is gone.
-        """
-        knock = _parsed(Knock, frame)
-        link = knock.link if knock is not None else ""
-        if self.session is not None and link == self.session.link and link:
-            self.frames_ignored += 1
-            return
-        raise _Restart()
-
-    def _raise_remote(self, frame: Frame) -> None:
-        error = _error(frame)
-        if error.code == ERR_BAD_REQUEST and "session" in error.message:
-            raise _Restart()
-        raise error.exception()
 
     def _acknowledge(self, report: Callable[[str], Message], what: str) -> bool:
         """Send a report and wait for STATUS_ACK, re-greeting a restarted host.
@@ -389,24 +326,21 @@ class GuestClient:
             try:
                 # Re-greeting a restarted host here is bounded like the ack itself, so a
                 # report never holds a boot for the whole connect_timeout.
-                session = self.session or self.handshake(timeout=config.ack_timeout)
+                if self.session is None:
+                    self.handshake(timeout=config.ack_timeout)
             except ChannelError as exc:
                 LOG.warning("could not reach dom0 to deliver the %s: %s", what, exc)
                 return False
-            request_id = self._next_id()
-            self._send(report(session.session_id), request_id)
+            self._send(self.machine.report(report), what)
             deadline = time.monotonic() + config.ack_timeout
             try:
                 while True:
-                    frame = self._recv_reply(request_id, deadline)
-                    if frame is None:
+                    event = self._event(deadline)
+                    if event is None or isinstance(event, SessionLost):
                         break
-                    if frame.type == MessageType.STATUS_ACK:
+                    if isinstance(event, Acknowledged):
                         return True
-                    if frame.type == MessageType.ERROR:
-                        self._raise_remote(frame)
-            except _Restart:
-                self.session = None
+                    self.frames_ignored += 1
             except RemoteError as exc:
                 # e.g. the bundle changed on dom0 after we verified ours: a report, not a
                 # reason to throw away what we hold.
@@ -440,20 +374,19 @@ class GuestClient:
         deadline = time.monotonic() + duration
         answered = 0
         while not (should_stop and should_stop()):
-            frame = self._recv(min(deadline, time.monotonic() + 0.5))
-            if frame is None:
+            event = self._event(min(deadline, time.monotonic() + 0.5))
+            if event is None:
                 if time.monotonic() >= deadline:
                     return answered
                 continue
-            if frame.type != MessageType.QUERY:
+            if not isinstance(event, QueryReceived):
                 self.frames_ignored += 1
                 continue
-            query = _parsed(Query, frame)
             try:
-                reply = handler(query.what if query is not None else [])
+                reply = handler(event.query.what)
             except ChannelError as exc:
                 reply = {"error": str(exc)}
-            self._send(QueryReply(reply), frame.request_id)
+            self._send(self.machine.answer(event, reply), "QUERY_REPLY")
             answered += 1
         return answered
 
@@ -469,25 +402,6 @@ def _no_progress(receiver: BundleReceiver, before: int) -> int:
     return 0 if receiver.progress[0] > before else 1
 
 
-M = TypeVar("M", bound=Message)
-
-
-def _parsed(kind: Type[M], frame: Frame) -> Optional[M]:
-    """The frame's message, or None if its body is unreadable (garbage is dropped)."""
-    try:
-        return kind.from_frame(frame)
-    except ProtocolError:
-        return None
-
-
-def _error(frame: Frame) -> Error:
-    return _parsed(Error, frame) or Error("error", "")
-
-
 def _type_name(frame: Frame) -> str:
     mtype = frame.message_type()
     return mtype.name if mtype is not None else f"type-0x{frame.type:02x}"
-
-
-def _fmt(versions: List[int]) -> str:
-    return ", ".join(str(v) for v in versions)
