@@ -9,7 +9,7 @@ from typing import List, Set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IGNORES = os.path.join(ROOT, "tests", "sanity", "ignore-2.19.txt")
-# ansible-test's collection.cfg for pylint: bad-names.
+# The bad-names of ansible-test's collection.cfg (its configuration for pylint).
 BAD_NAMES = {"_", "bar", "baz", "foo", "tata", "toto", "tutu"}
 CHECK = "pylint:disallowed-name"
 
