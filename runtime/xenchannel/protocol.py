@@ -35,7 +35,8 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 # Versions of the message set this implementation speaks, lowest first.  The frame
 # layout itself never changes: a peer of any version can read a HELLO or an ERROR.
-PROTOCOL_VERSIONS: Tuple[int, ...] = (1,)
+# Version 2 added the error codes a peer acts on (session.py, CODES_SINCE_V2).
+PROTOCOL_VERSIONS: Tuple[int, ...] = (1, 2)
 CURRENT_VERSION = PROTOCOL_VERSIONS[-1]
 
 START = 0xFF
@@ -143,11 +144,16 @@ SENDER: Dict[MessageType, Sender] = {
 # Status values a guest may report.
 STATUS_STATES = ("received", "applied", "failed")
 
-# Error codes carried in ERROR messages.
+# Error codes carried in ERROR messages; docs/protocol.md says what a peer does on each.
 ERR_VERSION = "version-mismatch"
 ERR_NO_BUNDLE = "no-bundle"
 ERR_BAD_REQUEST = "bad-request"
 ERR_UNSUPPORTED = "unsupported"
+# Since version 2 (a version-1 peer is sent bad-request with the same sentence):
+ERR_UNKNOWN_SESSION = "unknown-session"
+ERR_TOO_LARGE = "too-large"
+ERR_BUSY = "busy"
+ERR_NOT_ALLOWED = "not-allowed"
 
 
 class Frame(NamedTuple):
@@ -185,6 +191,10 @@ class Skipped(NamedTuple):
 
     reason: str
     size: int
+    # For a well-formed header whose payload was refused (oversized): its type and
+    # request id, so the receiver can answer the request rather than leave it waiting.
+    type: Optional[int] = None
+    request_id: Optional[int] = None
 
 
 def _stuff(data: bytes) -> bytes:
@@ -313,10 +323,18 @@ class FrameDecoder:
                 self._skip(out, "garbage", len(segment))
         return out
 
-    def _skip(self, out: List[Union[Frame, Skipped]], reason: str, size: int) -> None:
+    def _skip(
+        self,
+        out: List[Union[Frame, Skipped]],
+        reason: str,
+        size: int,
+        header: Optional[Tuple[int, int]] = None,
+    ) -> None:
         self.skipped_bytes += size
         if out and isinstance(out[-1], Skipped) and out[-1].reason == reason == "garbage":
             out[-1] = Skipped(reason, out[-1].size + size)
+        elif header is not None:
+            out.append(Skipped(reason, size, header[0], header[1]))
         else:
             out.append(Skipped(reason, size))
 
@@ -369,6 +387,7 @@ class FrameDecoder:
                 f"oversized {_type_name(mtype)} frame of {length} bytes "
                 f"(maximum {self.max_payload})",
                 1 + len(self._buf),
+                (mtype, request_id),
             )
             # Discard the rest of it as garbage up to the next marker, never storing it.
             self._drop()

@@ -33,22 +33,29 @@ from xenchannel.protocol import (
     CURRENT_VERSION,
     DEFAULT_CHUNK_SIZE,
     ERR_BAD_REQUEST,
+    ERR_BUSY,
+    ERR_NOT_ALLOWED,
+    ERR_TOO_LARGE,
+    ERR_UNKNOWN_SESSION,
     ERR_VERSION,
     MAX_BUNDLE_SIZE,
     STATUS_STATES,
     Bundle,
     BundleError,
+    ChannelError,
     Frame,
     MessageType,
     ProtocolError,
     RemoteError,
     Sender,
+    Skipped,
     VersionMismatch,
     bundle_chunks,
     chunk_count,
     encode_frame,
     encode_message,
     new_nonce,
+    new_request_id,
     next_request_id,
 )
 
@@ -247,32 +254,72 @@ def _fmt_versions(versions: Sequence[int]) -> str:
     return ", ".join(str(v) for v in sorted(versions)) or "none"
 
 
+# Error codes a version-1 peer does not know: it is sent bad-request with the same
+# sentence instead, and acts on that as version 1 always did.
+CODES_SINCE_V2 = frozenset((ERR_UNKNOWN_SESSION, ERR_TOO_LARGE, ERR_BUSY, ERR_NOT_ALLOWED))
+# What a version-1 host says for unknown-session.  A guest still understands it, by
+# exact text and only with bad-request, until release 0.3 (docs/protocol.md).
+V1_UNKNOWN_SESSION = "unknown session; send HELLO first"
+# How long a busy host may ask a guest to wait, as a guest reads it.
+MIN_RETRY_AFTER = 0.05
+MAX_RETRY_AFTER = 5.0
+
+
 class Error(Message):
-    """either: a code a peer acts on and one sentence, with the failed request's id."""
+    """either: a code a peer acts on and one sentence, with the failed request's id;
+    ``busy`` also says after how many seconds to ask again."""
 
     TYPE = MessageType.ERROR
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "retry_after")
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: Optional[float] = None) -> None:
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
     def body(self) -> Dict[str, Any]:
-        return {"code": self.code, "message": self.message}
+        body = {"code": self.code, "message": self.message}  # type: Dict[str, Any]
+        if self.retry_after is not None:
+            body["retry_after"] = round(self.retry_after, 3)
+        return body
 
     @classmethod
     def parse(cls, body: Dict[str, Any]) -> "Error":
-        return cls(str(body.get("code", "error")), str(body.get("message", "")))
+        retry_after = body.get("retry_after")
+        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+            retry_after = None
+        else:
+            # Bounded whatever the peer asks: a host cannot park a guest for long.
+            retry_after = min(max(float(retry_after), MIN_RETRY_AFTER), MAX_RETRY_AFTER)
+        return cls(str(body.get("code", "error")), str(body.get("message", "")), retry_after)
 
     def exception(self) -> RemoteError:
         return RemoteError(self.code, self.message)
 
+    def for_version(self, version: int) -> "Error":
+        """This error as a peer of ``version`` understands it."""
+        if version < 2 and self.code in CODES_SINCE_V2:
+            return Error(ERR_BAD_REQUEST, self.message)
+        return self
+
+    def is_session_lost(self) -> bool:
+        """True if the peer no longer knows our session (the v2 code, or v1's text)."""
+        return self.code == ERR_UNKNOWN_SESSION or (
+            self.code == ERR_BAD_REQUEST and self.message == V1_UNKNOWN_SESSION
+        )
+
 
 def error_message(
-    code: str, message: str, request_id: int = 0, version: int = CURRENT_VERSION
+    code: str,
+    message: str,
+    request_id: int = 0,
+    version: int = CURRENT_VERSION,
+    retry_after: Optional[float] = None,
 ) -> bytes:
-    """An ERROR frame: ``code`` with its one sentence, answering ``request_id``."""
-    return Error(code, message).encode(request_id, version)
+    """An ERROR frame: ``code`` with its one sentence, answering ``request_id``, as a
+    peer of ``version`` understands it."""
+    error = Error(code, message, retry_after).for_version(version)
+    return error.encode(request_id, version)
 
 
 def raise_if_error(frame: Frame) -> None:
@@ -722,6 +769,15 @@ class BundleReceived(Event):
         self.sha256 = sha256
 
 
+class Busy(Event):
+    """dom0 is pacing our GET_BUNDLEs: ask again after ``retry_after`` seconds."""
+
+    __slots__ = ("retry_after",)
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+
+
 class Acknowledged(Event):
     """dom0 recorded our STATUS or BUNDLE_ACK."""
 
@@ -758,6 +814,7 @@ class GuestSession:
         self._nonce = ""
         self._hello_ids: Set[int] = set()
         self._outstanding = 0  # the request id a reply must carry
+        self._outstanding_kind = MessageType.HELLO  # and what it answers
 
     @property
     def version(self) -> int:
@@ -803,6 +860,7 @@ class GuestSession:
         self.receiver = receiver
         self.state = GuestState.FETCHING
         self._outstanding = self._next_id()
+        self._outstanding_kind = MessageType.GET_BUNDLE
         request = GetBundle(self.session.session_id, receiver.resume())
         return request.encode(self._outstanding, self.version)
 
@@ -813,7 +871,9 @@ class GuestSession:
         assert self.session is not None
         self.state = GuestState.REPORTING
         self._outstanding = self._next_id()
-        return build(self.session.session_id).encode(self._outstanding, self.version)
+        message = build(self.session.session_id)
+        self._outstanding_kind = message.TYPE
+        return message.encode(self._outstanding, self.version)
 
     def answer(self, event: QueryReceived, reply: Dict[str, Any]) -> bytes:
         """The QUERY_REPLY to ``event``."""
@@ -901,10 +961,12 @@ class GuestSession:
 
     def _on_error(self, frame: Frame) -> Event:
         error = _parsed(Error, frame) or Error("error", "")
-        if error.code == ERR_BAD_REQUEST and "session" in error.message:
+        if error.is_session_lost():
             self.lose_session()
             return SessionLost("the dom0 agent does not know this session")
         self.state = GuestState.READY
+        if error.code == ERR_BUSY and self._outstanding_kind == MessageType.GET_BUNDLE:
+            return Busy(error.retry_after or MIN_RETRY_AFTER)
         raise error.exception()
 
     def _while_fetching(self, frame: Frame) -> Event:
@@ -931,3 +993,346 @@ def _parsed(kind: Type[M], frame: Frame) -> Optional[M]:
         return kind.from_frame(frame)
     except ProtocolError:
         return None
+
+
+# --------------------------------------------------------------------------- the host's session
+
+
+class HostState(enum.Enum):
+    """Where the host's end of one connection is."""
+
+    KNOCKED = "knocked"  # connected, KNOCK sent: no session yet, a HELLO is awaited
+    SERVING = "serving"  # a session: requests are answered
+    SENDING = "sending"  # a session, and the bundle streams (BEGIN, CHUNK..., END)
+
+
+# The guest's requests that name a session, refused without one, by their bodies.
+_SESSION_REQUESTS = {
+    MessageType.GET_BUNDLE: GetBundle,
+    MessageType.BUNDLE_ACK: BundleAck,
+    MessageType.STATUS: Status,
+}  # type: Dict[MessageType, Type[Any]]
+_GUEST_REQUESTS = frozenset((MessageType.HELLO, *_SESSION_REQUESTS))
+
+# A guest may ask for its bundle again (a resume after noise), but each request costs a
+# store read and a SHA-256 over up to 16 MiB: a hostile guest asking thousands of times a
+# second must not turn that into a CPU load on dom0.  A token bucket per connection: a
+# burst an honest guest never exceeds (one fetch, a few resumes), then a few a second.
+GET_BUNDLE_BURST = 4
+GET_BUNDLE_RATE = 4.0  # requests per second once the burst is spent
+MAX_GUEST_AGENT = 100
+MSG_ACK_MISMATCH = "guest acknowledged a bundle with a different digest"
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` without control characters, at most ``limit`` long: safe to log."""
+    return "".join(ch for ch in text if ch.isprintable())[:limit]
+
+
+class Echoed(Ignored):
+    """A frame only the host sends: our own bytes echoed by a guest tty in cooked mode."""
+
+    __slots__ = ()
+
+
+class Greeted(Event):
+    """A HELLO was answered with ``reply`` (a WELCOME): a new session, or the same one
+    again for a HELLO repeated with the same nonce."""
+
+    __slots__ = ("guest_agent", "repeated", "reply", "version")
+
+    def __init__(
+        self, version: int, guest_agent: Optional[str], repeated: bool, reply: bytes
+    ) -> None:
+        self.version = version
+        self.guest_agent = guest_agent
+        self.repeated = repeated
+        self.reply = reply
+
+
+class Refused(Event):
+    """A guest request answered with ``reply`` (an ERROR).  ``record`` is False for
+    refusals that are normal (an unknown session after a restart, pacing)."""
+
+    __slots__ = ("code", "message", "message_type", "record", "reply")
+
+    def __init__(
+        self, message_type: str, code: str, message: str, record: bool, reply: bytes
+    ) -> None:
+        self.message_type = message_type
+        self.code = code
+        self.message = message
+        self.record = record
+        self.reply = reply
+
+
+class BundleRequested(Event):
+    """GET_BUNDLE in this session: read the store, then ``HostSession.send_bundle``.
+    ``delay`` is how long a version-1 guest's request waits for its turn (pacing)."""
+
+    __slots__ = ("delay", "request_id", "resume", "session")
+
+    def __init__(
+        self, request_id: int, session: str, resume: Optional[Resume], delay: float
+    ) -> None:
+        self.request_id = request_id
+        self.session = session
+        self.resume = resume
+        self.delay = delay
+
+
+class DeliveryReported(Event):
+    """BUNDLE_ACK: compare with the store's digest, then ``HostSession.confirm_delivery``."""
+
+    __slots__ = ("request_id", "sha256")
+
+    def __init__(self, request_id: int, sha256: str) -> None:
+        self.request_id = request_id
+        self.sha256 = sha256
+
+
+class Delivered(Event):
+    """The acknowledged digest is this domain's bundle: record it, send ``reply``."""
+
+    __slots__ = ("reply", "sha256")
+
+    def __init__(self, sha256: str, reply: bytes) -> None:
+        self.sha256 = sha256
+        self.reply = reply
+
+
+class StatusReported(Event):
+    """STATUS: record it, then send ``HostSession.acknowledge(request_id)``."""
+
+    __slots__ = ("request_id", "status")
+
+    def __init__(self, request_id: int, status: Status) -> None:
+        self.request_id = request_id
+        self.status = status
+
+
+class QueryAnswered(Event):
+    """The QUERY_REPLY to one of our queries."""
+
+    __slots__ = ("answers", "request_id")
+
+    def __init__(self, request_id: int, answers: Dict[str, Any]) -> None:
+        self.request_id = request_id
+        self.answers = answers
+
+
+class QueryFailed(Event):
+    """One of our queries failed: the guest refused it, or its reply is unreadable."""
+
+    __slots__ = ("error", "request_id")
+
+    def __init__(self, request_id: int, error: ChannelError) -> None:
+        self.request_id = request_id
+        self.error = error
+
+
+class GuestError(Event):
+    """An ERROR from the guest that answers nothing we wait for (safe to log)."""
+
+    __slots__ = ("code", "message")
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+class HostSession:
+    """The host's half of the session rules for one connection, sans-IO.
+
+    The driver (``dom0/agent.py``) sends ``knock()`` on connect and whenever the guest
+    has been silent for a while, feeds every decoded frame to ``receive`` with the time,
+    sends the ``reply`` an event carries, and answers the events that need the store
+    (``BundleRequested``, ``DeliveryReported``, ``StatusReported``) through the methods
+    named there.  It streams bundle frames only while ``state`` is SENDING: a new
+    handshake or a version mismatch ends the transfer.
+    """
+
+    def __init__(
+        self,
+        versions: Sequence[int],
+        link: str,
+        burst: int = GET_BUNDLE_BURST,
+        rate: float = GET_BUNDLE_RATE,
+        now: float = 0.0,
+    ) -> None:
+        self.versions = sorted(versions)
+        self.link = link  # names this connection in KNOCK and WELCOME
+        self.state = HostState.KNOCKED
+        self.session_id: Optional[str] = None
+        self.version = self.versions[-1]
+        self._nonce: Optional[str] = None  # the HELLO nonce that made the session
+        self._burst = float(burst)
+        self._rate = rate
+        self._tokens = float(burst)
+        self._tokens_at = now
+        self._queries: Set[int] = set()
+        self._query_id = new_request_id()
+
+    # ------------------------------------------------------------------ what to send
+
+    def knock(self) -> bytes:
+        """ "I am connected; greet me": sent on connect and after a silence."""
+        return Knock(self.versions, self.link).encode(0, self.versions[-1])
+
+    def send_bundle(
+        self, event: BundleRequested, encoded: bytes, sha256: str, chunk_size: int
+    ) -> Optional[Tuple[Iterator[bytes], int, int]]:
+        """(frames, first chunk, chunks) answering ``event``; None if its session ended
+        while the driver read the store.  A resume is honoured only for this digest."""
+        if event.session != self.session_id:
+            return None
+        chunks = chunk_count(len(encoded), chunk_size)
+        first = 0
+        resume = event.resume
+        if resume is not None and resume.sha256 == sha256 and 0 <= resume.chunk < chunks:
+            first = resume.chunk
+        self.state = HostState.SENDING
+        frames = bundle_frames(encoded, event.request_id, self.version, chunk_size, first)
+        return frames, first, chunks
+
+    def transfer_done(self) -> None:
+        """The last frame of the bundle was written."""
+        if self.state == HostState.SENDING:
+            self.state = HostState.SERVING
+
+    def refuse(self, request_id: int, code: str, message: str, message_type: str) -> Refused:
+        """Refuse a request for a reason only the driver knows (the store's)."""
+        return self._refused(message_type, code, message, False, request_id)
+
+    def confirm_delivery(self, event: DeliveryReported, sha256: Optional[str]) -> Event:
+        """``Delivered`` if the guest acknowledged ``sha256`` (the store's digest now)."""
+        if sha256 is None or event.sha256 != sha256:
+            return self._refused(
+                "BUNDLE_ACK", ERR_NOT_ALLOWED, MSG_ACK_MISMATCH, True, event.request_id
+            )
+        return Delivered(sha256, self.acknowledge(event.request_id))
+
+    def acknowledge(self, request_id: int) -> bytes:
+        """STATUS_ACK: the guest's report is recorded."""
+        return StatusAck().encode(request_id, self.version)
+
+    def query(self, what: Sequence[str]) -> Tuple[int, bytes]:
+        """(request id, QUERY frame); the reply comes as QueryAnswered or QueryFailed."""
+        self._query_id = next_request_id(self._query_id)
+        while self._query_id in self._queries:
+            self._query_id = next_request_id(self._query_id)
+        self._queries.add(self._query_id)
+        return self._query_id, Query(what).encode(self._query_id, self.version)
+
+    def forget_query(self, request_id: int) -> None:
+        """Stop waiting for a reply (the driver timed out): a late one is ignored."""
+        self._queries.discard(request_id)
+
+    def oversized(self, skipped: Skipped) -> Optional[bytes]:
+        """The answer to a guest request the decoder refused as too large: too-large in
+        a version-2 session, so the guest need not wait for its timeout; else None."""
+        if (
+            skipped.type not in _GUEST_REQUESTS
+            or not skipped.request_id
+            or self.session_id is None
+            or self.version < 2
+        ):
+            return None
+        return error_message(ERR_TOO_LARGE, skipped.reason, skipped.request_id, self.version)
+
+    # ------------------------------------------------------------------ what arrived
+
+    def receive(self, frame: Frame, now: float) -> Event:
+        """What a decoded frame from the guest means; ``now`` is a monotonic clock."""
+        if not frame.is_from(Sender.GUEST):
+            return Echoed("not a guest frame (our own, echoed)")
+        mtype = MessageType(frame.type)
+        if mtype == MessageType.QUERY_REPLY:
+            return self._on_query_reply(frame)
+        if mtype == MessageType.ERROR:
+            return self._on_guest_error(frame)
+        try:
+            if mtype == MessageType.HELLO:
+                return self._on_hello(Hello.from_frame(frame), frame.request_id)
+            message = _SESSION_REQUESTS[mtype].from_frame(frame)
+        except ProtocolError as exc:
+            return self._refused(mtype.name, ERR_BAD_REQUEST, str(exc), True, frame.request_id)
+        if self.session_id is None or message.session != self.session_id:
+            # Normal after an agent restart: the guest greets again.  Answered in the
+            # version the request was sent in, which is the one its session spoke.
+            version = frame.version if frame.version in self.versions else self.versions[0]
+            reply = error_message(
+                ERR_UNKNOWN_SESSION, V1_UNKNOWN_SESSION, frame.request_id, version
+            )
+            return Refused(mtype.name, ERR_UNKNOWN_SESSION, V1_UNKNOWN_SESSION, False, reply)
+        if isinstance(message, GetBundle):
+            return self._on_get_bundle(message, frame.request_id, now)
+        if isinstance(message, BundleAck):
+            return DeliveryReported(frame.request_id, message.sha256)
+        return StatusReported(frame.request_id, message)
+
+    def _refused(
+        self, message_type: str, code: str, message: str, record: bool, request_id: int
+    ) -> Refused:
+        reply = error_message(code, message, request_id, self.version)
+        return Refused(message_type, code, message, record, reply)
+
+    def _on_hello(self, hello: Hello, request_id: int) -> Event:
+        try:
+            version = negotiate_version(self.versions, hello.versions, "guest")
+        except VersionMismatch as exc:
+            # The guest started over with versions we cannot speak: its session is gone.
+            self.session_id = self._nonce = None
+            self.state = HostState.KNOCKED
+            reply = error_message(ERR_VERSION, str(exc), request_id, self.versions[-1])
+            return Refused("HELLO", ERR_VERSION, str(exc), True, reply)
+        guest_agent = printable(hello.agent, MAX_GUEST_AGENT) if hello.agent is not None else None
+        repeated = (
+            self.session_id is not None and hello.nonce == self._nonce and version == self.version
+        )
+        if not repeated:
+            # A new nonce means the guest started over: its old session and transfer
+            # are gone.  (A resent HELLO with the same nonce can cross our WELCOME on a
+            # busy channel: it gets the same session, or the GET_BUNDLE already on its
+            # way would be refused.)
+            self.session_id = new_nonce()
+            self._nonce = hello.nonce
+            self.version = version
+            self.state = HostState.SERVING
+        welcome = Welcome(hello.nonce, self.session_id, self.link, self.version, self.versions)
+        return Greeted(version, guest_agent, repeated, welcome.encode(request_id, self.version))
+
+    def _on_get_bundle(self, request: GetBundle, request_id: int, now: float) -> Event:
+        assert self.session_id is not None
+        self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
+        self._tokens_at = now
+        delay = 0.0
+        if self._tokens < 1.0:
+            wait = (1.0 - self._tokens) / self._rate
+            if self.version >= 2:
+                # A version-2 guest is told to come back, so nothing waits on dom0.
+                message = f"too many GET_BUNDLE requests; ask again in {wait:.2f} s"
+                reply = error_message(ERR_BUSY, message, request_id, self.version, wait)
+                return Refused("GET_BUNDLE", ERR_BUSY, message, False, reply)
+            # A version-1 guest's request waits its turn: the token it will use is spent
+            # now, so the next one waits longer still.
+            delay = wait
+        self._tokens -= 1.0
+        return BundleRequested(request_id, self.session_id, request.resume, delay)
+
+    def _on_query_reply(self, frame: Frame) -> Event:
+        if frame.request_id not in self._queries:
+            return Ignored("a reply nobody waits for: late, or from an earlier session")
+        self._queries.discard(frame.request_id)
+        try:
+            return QueryAnswered(frame.request_id, QueryReply.from_frame(frame).answers)
+        except ProtocolError as exc:
+            return QueryFailed(frame.request_id, exc)
+
+    def _on_guest_error(self, frame: Frame) -> Event:
+        error = _parsed(Error, frame) or Error("error", "")
+        code, message = printable(error.code, 64), printable(error.message, 300)
+        if frame.request_id in self._queries:
+            self._queries.discard(frame.request_id)
+            return QueryFailed(frame.request_id, RemoteError(code, message))
+        return GuestError(code, message)

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from tests.fuzz.test_decoder_fuzz import frame_specs, fuzz
 from xenchannel.protocol import (
     ERR_BAD_REQUEST,
+    ERR_BUSY,
+    ERR_UNKNOWN_SESSION,
     ERR_VERSION,
     Bundle,
     ChannelError,
@@ -31,9 +33,13 @@ from xenchannel.protocol import (
     encode_frame,
 )
 from xenchannel.session import (
+    MAX_RETRY_AFTER,
+    MIN_RETRY_AFTER,
+    V1_UNKNOWN_SESSION,
     BundleAck,
     BundleReceived,
     BundleReceiver,
+    Busy,
     Error,
     GuestSession,
     GuestState,
@@ -73,6 +79,8 @@ ACTIONS = st.sampled_from(
         "bundle-cut",
         "status-ack",
         "error-session",
+        "error-unknown-session",
+        "error-busy",
         "error-version",
         "error-other",
         "knock-same",
@@ -141,7 +149,11 @@ class Host:
         if action == "status-ack":
             return [StatusAck().encode(rid)]
         if action == "error-session":
-            return [Error(ERR_BAD_REQUEST, "unknown session; send HELLO first").encode(rid)]
+            return [Error(ERR_BAD_REQUEST, V1_UNKNOWN_SESSION).encode(rid)]
+        if action == "error-unknown-session":
+            return [Error(ERR_UNKNOWN_SESSION, "gone").encode(rid)]
+        if action == "error-busy":
+            return [Error(ERR_BUSY, "wait", draw(st.floats(-1e9, 1e9))).encode(rid)]
         if action == "error-version":
             return [Error(ERR_VERSION, "speaks 2").encode(self.hello_id)]
         if action == "error-other":
@@ -187,6 +199,8 @@ def test_random_sequences_raise_only_protocol_errors_and_accept_only_verified_bu
                         assert event.bundle.encode() == sent
                     elif isinstance(event, QueryReceived):
                         machine.answer(event, {"version": "x"})
+                    elif isinstance(event, Busy):
+                        assert MIN_RETRY_AFTER <= event.retry_after <= MAX_RETRY_AFTER
         except ChannelError:
             continue  # the protocol's own refusal: the driver turns it into a sentence
         assert isinstance(machine.state, GuestState)

@@ -91,7 +91,7 @@ def test_first_boot_delivers_verifies_and_records(stack: Stack) -> None:
     assert delivered(state)
     assert state["delivered"]["count"] == 1
     assert state["delivered"]["instance_id"] == "iid-vm1"
-    assert state["handshake"]["version"] == 1
+    assert state["handshake"]["version"] == P.CURRENT_VERSION
     assert state["connected"] is True
 
 
@@ -312,11 +312,14 @@ def test_oversized_frame_from_a_guest_is_refused_and_service_goes_on(stack: Stac
 def test_version_mismatch_is_a_clear_error_on_both_sides(stack: Stack) -> None:
     stack.add_domain("vm1")
     stack.start_agent()
-    config = ClientConfig(wait_timeout=2, connect_timeout=5, hello_interval=0.2, versions=[2, 3])
+    # A guest newer than the agent: it speaks only versions the agent does not.
+    newer = [P.CURRENT_VERSION + 1, P.CURRENT_VERSION + 2]
+    config = ClientConfig(wait_timeout=2, connect_timeout=5, hello_interval=0.2, versions=newer)
     with pytest.raises(P.VersionMismatch) as caught:
         stack.fetch("vm1", config)
     message = str(caught.value)
-    assert "1" in message and "2, 3" in message
+    ours = ", ".join(str(v) for v in P.PROTOCOL_VERSIONS)
+    assert ours in message and f"{newer[0]}, {newer[1]}" in message
     state = stack.wait_state("vm1", lambda s: bool(s.get("last_error")))
     assert "version" in state["last_error"]["message"]
 

@@ -22,19 +22,18 @@ from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, NamedTupl
 import pytest
 
 from xenchannel.dom0 import cli
-from xenchannel.dom0.agent import (
-    GET_BUNDLE_BURST,
-    GET_BUNDLE_RATE,
-    Agent,
-    AgentConfig,
-    control_request,
-)
+from xenchannel.dom0.agent import Agent, AgentConfig, control_request
 from xenchannel.dom0.state import load_state
 from xenchannel.dom0.store import remove_domain, write_domain
 from xenchannel.protocol import (
     ERR_BAD_REQUEST,
+    ERR_BUSY,
     ERR_NO_BUNDLE,
+    ERR_NOT_ALLOWED,
+    ERR_TOO_LARGE,
+    ERR_UNKNOWN_SESSION,
     ERR_VERSION,
+    PROTOCOL_VERSIONS,
     Bundle,
     Frame,
     FrameDecoder,
@@ -43,7 +42,13 @@ from xenchannel.protocol import (
     encode_message,
     new_nonce,
 )
-from xenchannel.session import BundleBegin, BundleEnd, BundleReceiver
+from xenchannel.session import (
+    GET_BUNDLE_BURST,
+    GET_BUNDLE_RATE,
+    BundleBegin,
+    BundleEnd,
+    BundleReceiver,
+)
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 TIMEOUT = 5.0
@@ -152,8 +157,10 @@ class GuestConn:
     def send_raw(self, data: bytes) -> None:
         self.writer.write(data)
 
-    def send(self, mtype: MessageType, body: Dict[str, Any], rid: int) -> None:
-        self.send_raw(encode_message(mtype, body, rid))
+    def send(self, mtype: MessageType, body: Dict[str, Any], rid: int, version: int = 1) -> None:
+        # A version-1 guest unless told otherwise: every guest released before version 2
+        # speaks it, and what the agent answers it must not change.
+        self.send_raw(encode_message(mtype, body, rid, version))
 
     async def recv(self, *types: MessageType, timeout: float = TIMEOUT) -> Frame:
         """The next frame of one of ``types`` (others, such as KNOCKs, are passed over)."""
@@ -180,7 +187,7 @@ class GuestConn:
         assert frame.request_id == rid
         assert body["nonce"] == nonce
         assert body["version"] == 1
-        assert body["versions"] == [1]
+        assert body["versions"] == list(PROTOCOL_VERSIONS)
         assert body["link"] == self.link  # the KNOCK's link: this connection
         return str(body["session"])
 
@@ -252,7 +259,7 @@ class FakeQemu:
         # Every connect starts with a KNOCK listing the versions.
         knock = await conn.recv(MessageType.KNOCK)
         body = knock.json()
-        assert body["versions"] == [1]
+        assert body["versions"] == list(PROTOCOL_VERSIONS)
         # The connection's link id: WELCOMEs on this connection carry the same one.
         assert isinstance(body["link"], str) and len(body["link"]) == 16
         assert knock.request_id == 0
@@ -670,6 +677,44 @@ def test_a_flood_of_get_bundle_requests_is_paced(env: Env) -> None:
                 begins += 1
             # 40 requests at once: the burst, then GET_BUNDLE_RATE a second.
             assert GET_BUNDLE_BURST <= begins <= GET_BUNDLE_BURST + window * GET_BUNDLE_RATE + 1
+
+    run(scenario())
+
+
+def test_a_version_2_guest_gets_the_codes_it_acts_on(env: Env) -> None:
+    """unknown-session, busy with when to ask again, too-large, not-allowed: no English."""
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        config = env.config(max_guest_frame=4096)
+        async with qemu(env.sock("web1")) as server, running_agent(config):
+            guest = await server.accept()
+            guest.send(MessageType.GET_BUNDLE, {"session": "from-before"}, 20, version=2)
+            assert (await guest.error(20))["code"] == ERR_UNKNOWN_SESSION
+
+            nonce = new_nonce()
+            guest.send(MessageType.HELLO, {"nonce": nonce, "versions": [1, 2]}, 21, version=2)
+            welcome = await guest.recv(MessageType.WELCOME)
+            assert (welcome.version, welcome.json()["version"]) == (2, 2)
+            session = welcome.json()["session"]
+
+            # A flood is answered at once: the burst is served, the rest told to wait.
+            for rid in range(100, 100 + GET_BUNDLE_BURST + 6):
+                guest.send(MessageType.GET_BUNDLE, {"session": session}, rid, version=2)
+            busy = [(await guest.error(rid)) for rid in range(100 + GET_BUNDLE_BURST, 110)]
+            assert all(e["code"] == ERR_BUSY for e in busy)
+            assert all(0 < e["retry_after"] <= 1 / GET_BUNDLE_RATE for e in busy)
+
+            big = {"session": session, "state": "failed", "reason": "r" * 8000}
+            guest.send(MessageType.STATUS, big, 30, version=2)
+            too_large = await guest.error(30)
+            assert too_large["code"] == ERR_TOO_LARGE and "4096" in too_large["message"]
+
+            other = {"session": session, "sha256": "f" * 64}
+            guest.send(MessageType.BUNDLE_ACK, other, 31, version=2)
+            assert (await guest.error(31))["code"] == ERR_NOT_ALLOWED
+            # And the connection serves on.
+            assert (await guest.status(session, 32, state="applied")).type == MessageType.STATUS_ACK
 
     run(scenario())
 

@@ -638,6 +638,29 @@ def test_no_bundle_is_a_remote_error(rig: Rig) -> None:
     assert reason in str(error)
 
 
+def test_a_busy_host_is_asked_again_when_it_says_without_using_a_retry(rig: Rig) -> None:
+    client = rig.client(config(retries=0))
+    asked_at: List[float] = []
+
+    def script(host: Host) -> None:
+        host.greet()
+        for _ in range(3):
+            get = host.expect(MessageType.GET_BUNDLE)
+            asked_at.append(time.monotonic())
+            host.send(error_message("busy", "too many GET_BUNDLE requests", get.request_id, 2, 0.2))
+        get = host.expect(MessageType.GET_BUNDLE)
+        asked_at.append(time.monotonic())
+        host.serve(get)
+        host.ack(host.expect_bundle_ack())
+
+    rig.host.run(script)
+    bundle = client.fetch_bundle()
+    rig.host.join()
+    assert bundle.instance_id == BUNDLE.instance_id
+    gaps = [b - a for a, b in zip(asked_at, asked_at[1:])]
+    assert len(gaps) == 3 and all(gap >= 0.19 for gap in gaps)
+
+
 def test_unacknowledged_bundle_is_still_returned(rig: Rig) -> None:
     cfg = config(ack_timeout=0.2, retries=2)
     client = rig.client(cfg)

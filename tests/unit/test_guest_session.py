@@ -7,7 +7,9 @@ import pytest
 
 from xenchannel.protocol import (
     ERR_BAD_REQUEST,
+    ERR_BUSY,
     ERR_NO_BUNDLE,
+    ERR_UNKNOWN_SESSION,
     ERR_VERSION,
     Bundle,
     BundleError,
@@ -18,13 +20,16 @@ from xenchannel.protocol import (
     RemoteError,
     VersionMismatch,
     encode_frame,
+    encode_message,
 )
 from xenchannel.session import (
+    V1_UNKNOWN_SESSION,
     Acknowledged,
     BundleAck,
     BundleProgress,
     BundleReceived,
     BundleReceiver,
+    Busy,
     Error,
     GetBundle,
     GuestSession,
@@ -273,6 +278,53 @@ def test_unknown_session_is_session_loss_not_an_error() -> None:
     event = m.receive(one(lost.encode(request.request_id)))
     assert isinstance(event, SessionLost)
     assert m.state == GuestState.IDLE and m.session is None
+
+
+def test_the_version_2_code_unknown_session_is_session_loss() -> None:
+    m = ready()
+    request = one(m.report(lambda session: Status(session, "applied")))
+    lost = Error(ERR_UNKNOWN_SESSION, "whatever the sentence says")
+    assert isinstance(m.receive(one(lost.encode(request.request_id))), SessionLost)
+    assert m.state == GuestState.IDLE
+
+
+def test_only_the_exact_version_1_text_with_bad_request_is_session_loss() -> None:
+    # The old text is matched whole, never a word of it: "session" in another sentence
+    # is just a refusal.
+    for error in (
+        Error(ERR_BAD_REQUEST, "GET_BUNDLE session must be a string"),
+        Error(ERR_NO_BUNDLE, V1_UNKNOWN_SESSION),
+    ):
+        m = ready()
+        request = one(m.get_bundle(BundleReceiver()))
+        with pytest.raises(RemoteError):
+            m.receive(one(error.encode(request.request_id)))
+        assert m.state == GuestState.READY and m.session is not None
+
+
+def test_busy_to_get_bundle_says_when_to_ask_again_and_keeps_the_session() -> None:
+    m = ready()
+    request = one(m.get_bundle(BundleReceiver()))
+    event = m.receive(one(Error(ERR_BUSY, "slow down", 0.25).encode(request.request_id)))
+    assert isinstance(event, Busy) and event.retry_after == 0.25
+    assert m.state == GuestState.READY and m.session is not None
+
+
+@pytest.mark.parametrize(("asked", "bounded"), [(3600, 5.0), (-1, 0.05), ("soon", None)])
+def test_a_hosts_retry_after_is_bounded(asked: object, bounded: object) -> None:
+    m = ready()
+    request = one(m.get_bundle(BundleReceiver()))
+    body = {"code": ERR_BUSY, "message": "slow down", "retry_after": asked}
+    event = m.receive(one(encode_message(MessageType.ERROR, body, request.request_id)))
+    assert isinstance(event, Busy)
+    assert event.retry_after == (bounded if bounded is not None else 0.05)
+
+
+def test_busy_to_a_report_is_a_refusal() -> None:
+    m = ready()
+    request = one(m.report(lambda session: Status(session, "applied")))
+    with pytest.raises(RemoteError, match="slow down"):
+        m.receive(one(Error(ERR_BUSY, "slow down", 1.0).encode(request.request_id)))
 
 
 def test_a_knock_from_a_new_connection_loses_the_session() -> None:

@@ -36,6 +36,7 @@ EXAMPLES: List[Message] = [
     Hello("n" * 32, [1], "xenchannel-guest/0.1.0"),
     Welcome("n" * 32, "s" * 32, "0123456789abcdef", 1, [1]),
     Error("no-bundle", "dom0 has no usable metadata for this domain"),
+    Error("busy", "too many GET_BUNDLE requests; ask again in 0.25 s", 0.25),
     GetBundle("s" * 32),
     GetBundle("s" * 32, Resume(DIGEST, 3)),
     BundleBegin(100, 32, 4, 0, DIGEST),

@@ -54,44 +54,34 @@ from xenchannel.dom0.store import (
     signature_of,
 )
 from xenchannel.protocol import (
-    CURRENT_VERSION,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_PAYLOAD,
-    ERR_BAD_REQUEST,
     ERR_NO_BUNDLE,
     ERR_VERSION,
     PROTOCOL_VERSIONS,
     ChannelClosed,
     ChannelError,
     ChannelTimeout,
-    Frame,
     FrameDecoder,
-    MessageType,
-    ProtocolError,
-    RemoteError,
-    Sender,
     Skipped,
-    VersionMismatch,
-    chunk_count,
     new_nonce,
-    new_request_id,
 )
 from xenchannel.session import (
     MAX_INSTANCE_ID,
-    BundleAck,
-    Error,
-    GetBundle,
-    Hello,
-    Knock,
-    Message,
-    Query,
-    QueryReply,
-    Status,
-    StatusAck,
-    Welcome,
-    bundle_frames,
-    error_message,
-    negotiate_version,
+    BundleRequested,
+    Delivered,
+    DeliveryReported,
+    Echoed,
+    Event,
+    Greeted,
+    GuestError,
+    HostSession,
+    HostState,
+    QueryAnswered,
+    QueryFailed,
+    Refused,
+    StatusReported,
+    printable,
 )
 
 T = TypeVar("T")
@@ -109,7 +99,6 @@ SKIP_LOG_INTERVAL = 10.0
 # A connection that lasted this long (or carried a valid frame) resets the back-off;
 # a socket that accepts and hangs up at once keeps backing off.
 STABLE_CONNECTION = 1.0
-MAX_GUEST_AGENT = 100
 CONTROL_MAX_REQUEST = 64 * 1024
 CONTROL_READ_TIMEOUT = 5.0
 MAX_QUERY_TIMEOUT = 300.0
@@ -117,15 +106,7 @@ MAX_QUERY_KEYS = 64
 SHUTDOWN_TIMEOUT = 3.0
 LOAD_BATCH = 16
 
-MSG_UNKNOWN_SESSION = "unknown session; send HELLO first"
 MSG_NO_BUNDLE = "dom0 has no usable metadata for this domain; the agent's status says why"
-# A guest may ask for its bundle again (a resume after noise), but each request costs a
-# store read and a SHA-256 over up to 16 MiB: a hostile guest asking thousands of times a
-# second must not turn that into a CPU load on dom0.  A token bucket per connection: a
-# burst an honest guest never exceeds (one fetch, a few resumes), then requests wait.
-GET_BUNDLE_BURST = 4
-GET_BUNDLE_RATE = 4.0  # requests per second once the burst is spent
-MSG_ACK_MISMATCH = "guest acknowledged a bundle with a different digest"
 
 
 class AgentError(ChannelError):
@@ -190,19 +171,6 @@ class BundleInfo(NamedTuple):
     hostname: Optional[str]
 
 
-class _BadRequest(Exception):
-    """A guest request the agent answers with ERROR (one sentence)."""
-
-    def __init__(self, code: str, message: str, record: bool = True) -> None:
-        super().__init__(message)
-        self.code = code
-        self.record = record
-
-
-def _printable(text: str, limit: int) -> str:
-    return "".join(ch for ch in text if ch.isprintable())[:limit]
-
-
 def _is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(os.stat(path).st_mode)
@@ -216,26 +184,6 @@ def _load_encoded(store_dir: str, name: str, socket_root: str) -> Tuple[DomainEn
 
 
 # --------------------------------------------------------------------------- outbox
-
-
-class _TokenBucket:
-    """Pace requests: ``burst`` at once, then ``rate`` per second (waiting, not dropping)."""
-
-    def __init__(self, burst: int, rate: float) -> None:
-        self.burst = float(burst)
-        self.rate = rate
-        self.tokens = float(burst)
-        self.updated = time.monotonic()
-
-    async def take(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < 1.0:
-            await asyncio.sleep((1.0 - self.tokens) / self.rate)
-            self.tokens = 1.0
-            self.updated = time.monotonic()
-        self.tokens -= 1.0
 
 
 class _Outbox:
@@ -305,14 +253,8 @@ class DomainLink:
         self.socket = socket
         self.bundle: Optional[BundleInfo] = None
         self.store_error: Optional[str] = None
-        self.session: Optional[str] = None
-        # Names this connection in KNOCK and WELCOME, so a guest can tell a KNOCK of the
-        # connection its session lives on (stale, delivered late: ignore it) from one of
-        # a new connection (the agent or QEMU restarted: greet again).
-        self.link_id = ""
-        self._get_bundle_bucket = _TokenBucket(GET_BUNDLE_BURST, GET_BUNDLE_RATE)
-        self._session_nonce: Optional[str] = None  # the HELLO nonce that made the session
-        self.version = CURRENT_VERSION
+        # The session rules of the current connection; None while not connected.
+        self.machine: Optional[HostSession] = None
         self.connected = False
         self._task: Optional[asyncio.Task[None]] = None
         self._wake = asyncio.Event()
@@ -330,6 +272,11 @@ class DomainLink:
         self._skip_reasons: Dict[str, int] = {}
         self._skip_logged = -1e9
         self.echoes_ignored = 0
+
+    @property
+    def session(self) -> Optional[str]:
+        """The id of the current connection's session, if the guest greeted."""
+        return self.machine.session_id if self.machine is not None else None
 
     # ------------------------------------------------------------- control from the agent
 
@@ -532,9 +479,10 @@ class DomainLink:
         self._writer, self._outbox = writer, outbox
         self._drop_reason = None
         decoder = FrameDecoder(config.max_guest_frame)
-        self.session = None
-        self.link_id = new_nonce()[:16]
-        self.version = CURRENT_VERSION
+        # A new connection id per connect: a guest tells a late KNOCK of the connection
+        # its session lives on from one of a new connection (the agent or QEMU restarted).
+        machine = HostSession(PROTOCOL_VERSIONS, new_nonce()[:16], now=started)
+        self.machine = machine
         self.connected = True
         self._phase_change("connected", "connected", socket=self.socket)
         self._record(connected=True, connected_at=now_iso(), socket=self.socket)
@@ -543,7 +491,7 @@ class DomainLink:
         useful = False
         reason = "eof"
         try:
-            self._knock(outbox)
+            self._knock(machine, outbox)
             last_activity = time.monotonic()
             while True:
                 if write_task.done():
@@ -558,7 +506,7 @@ class DomainLink:
                 if wait <= 0:
                     # No guest traffic for a while: a guest that (re)started its client
                     # may be waiting for a hint to greet.
-                    self._knock(outbox)
+                    self._knock(machine, outbox)
                     last_activity = time.monotonic()
                     self._log_skipped()
                     continue
@@ -585,13 +533,21 @@ class DomainLink:
                 for item in decoder.feed(data):
                     if isinstance(item, Skipped):
                         self._note_skipped(item)
-                    elif not item.is_from(Sender.GUEST):
+                        answer = machine.oversized(item)
+                        if answer is not None:
+                            outbox.put(answer)
+                        continue
+                    event = machine.receive(item, time.monotonic())
+                    if isinstance(event, Echoed):
                         # Our own frames echoed by a guest tty in cooked mode.
                         self.echoes_ignored += 1
-                    else:
-                        useful = True
-                        last_activity = time.monotonic()
-                        await self._handle(item, outbox)
+                        continue
+                    if machine.state is not HostState.SENDING:
+                        # A new handshake or a refused one ended the session's transfer.
+                        outbox.cancel_transfer()
+                    useful = True
+                    last_activity = time.monotonic()
+                    await self._handle(event, machine, outbox)
                 self._log_skipped()
                 if outbox.overflow:
                     reason = "guest is not reading its replies"
@@ -606,7 +562,7 @@ class DomainLink:
             outbox.cancel_transfer()
             writer.close()
             self._writer = self._outbox = None
-            self.session = None
+            self.machine = None
             self.connected = False
             self._fail_pending(ChannelClosed(f"domain {self.name} disconnected"))
             self._log_skipped()
@@ -629,9 +585,9 @@ class DomainLink:
                 self._drop_reason = f"write failed ({exc.strerror or exc})"
         writer.close()
 
-    def _knock(self, outbox: _Outbox) -> None:
+    def _knock(self, machine: HostSession, outbox: _Outbox) -> None:
         log_event(self.name, "knock", logging.DEBUG)
-        outbox.put(Knock(PROTOCOL_VERSIONS, self.link_id).encode(0))
+        outbox.put(machine.knock())
 
     def _fail_pending(self, exc: Exception) -> None:
         for future in self._pending.values():
@@ -641,26 +597,28 @@ class DomainLink:
 
     # ------------------------------------------------------------- messages
 
-    async def _handle(self, frame: Frame, outbox: _Outbox) -> None:
-        mtype = frame.message_type()
-        rid = frame.request_id
+    async def _handle(self, event: Event, machine: HostSession, outbox: _Outbox) -> None:
+        """Act on what the session machine made of a guest frame."""
         try:
-            if mtype is MessageType.QUERY_REPLY:
-                self._on_query_reply(frame)
-            elif mtype is MessageType.ERROR:
-                self._on_guest_error(frame)
-            elif mtype is MessageType.HELLO:
-                self._on_hello(Hello.from_frame(frame), rid, outbox)
-            elif mtype is MessageType.GET_BUNDLE:
-                await self._on_get_bundle(GetBundle.from_frame(frame), rid, outbox)
-            elif mtype is MessageType.BUNDLE_ACK:
-                await self._on_bundle_ack(BundleAck.from_frame(frame), rid, outbox)
-            elif mtype is MessageType.STATUS:
-                await self._on_status(Status.from_frame(frame), rid, outbox)
-        except _BadRequest as exc:
-            self._refuse(outbox, exc.code, str(exc), rid, exc.record, mtype)
-        except ProtocolError as exc:
-            self._refuse(outbox, ERR_BAD_REQUEST, str(exc), rid, True, mtype)
+            if isinstance(event, Greeted):
+                self._on_greeted(event, outbox)
+            elif isinstance(event, Refused):
+                self._on_refused(event, outbox)
+            elif isinstance(event, BundleRequested):
+                await self._on_bundle_requested(event, machine, outbox)
+            elif isinstance(event, DeliveryReported):
+                await self._on_delivery(event, machine, outbox)
+            elif isinstance(event, StatusReported):
+                await self._on_status(event, machine, outbox)
+            elif isinstance(event, QueryAnswered):
+                self._settle(event.request_id, event.answers, None)
+            elif isinstance(event, QueryFailed):
+                self._settle(event.request_id, None, event.error)
+            elif isinstance(event, GuestError):
+                log_event(
+                    self.name, "guest-error", logging.WARNING, code=event.code, error=event.message
+                )
+                self._record_error(f"guest reported {event.code}: {event.message}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -669,96 +627,73 @@ class DomainLink:
                 self.name,
                 "internal-error",
                 logging.ERROR,
-                message=mtype.name if mtype else frame.type,
+                message=type(event).__name__,
                 error=f"{type(exc).__name__}: {exc}",
             )
             LOG.debug("traceback of the internal error", exc_info=True)
 
-    def _refuse(  # noqa: PLR0917 - private; every argument is needed
-        self,
-        outbox: _Outbox,
-        code: str,
-        message: str,
-        rid: int,
-        record: bool,
-        mtype: Optional[MessageType],
-    ) -> None:
-        outbox.put(error_message(code, message, rid, self.version))
-        name = mtype.name if mtype is not None else "?"
-        level = logging.WARNING if record else logging.INFO
-        log_event(self.name, "refused", level, message=name, code=code, error=message)
-        if record:
-            self._record_error(f"{name}: {message}")
-
-    def _send(self, outbox: _Outbox, message: Message, rid: int) -> None:
-        outbox.put(message.encode(rid, self.version))
-
-    def _check_session(self, session: Optional[str]) -> None:
-        if self.session is None or session is None or session != self.session:
-            # Normal after an agent restart: the guest greets again.  Not an error.
-            raise _BadRequest(ERR_BAD_REQUEST, MSG_UNKNOWN_SESSION, record=False)
-
-    def _on_hello(self, hello: Hello, rid: int, outbox: _Outbox) -> None:
-        nonce, agent = hello.nonce, hello.agent
-        try:
-            version = negotiate_version(PROTOCOL_VERSIONS, hello.versions, "guest")
-        except VersionMismatch as exc:
-            self.session = None
-            outbox.cancel_transfer()
-            outbox.put(error_message(ERR_VERSION, str(exc), rid, CURRENT_VERSION))
-            log_event(self.name, "version-mismatch", logging.WARNING, error=str(exc))
-            self._record_error(str(exc))
-            return
-        if self.session is not None and nonce == self._session_nonce and version == self.version:
-            # The guest resends HELLO with the same nonce until a WELCOME arrives; on a
-            # busy channel a resend can cross our WELCOME.  Answer it with the same
-            # session: a new one would invalidate the GET_BUNDLE already on its way.
-            self._welcome(outbox, nonce, rid)
+    def _on_greeted(self, event: Greeted, outbox: _Outbox) -> None:
+        outbox.put(event.reply)
+        if event.repeated:
             log_event(self.name, "hello-repeated", logging.DEBUG)
             return
-        # A new nonce means the guest started over: its old session and transfer are gone.
-        outbox.cancel_transfer()
-        self.session = new_nonce()
-        self._session_nonce = nonce
-        self.version = version
-        self._welcome(outbox, nonce, rid)
-        guest_agent = _printable(agent, MAX_GUEST_AGENT) if agent is not None else None
-        self._record(handshake={"at": now_iso(), "version": version, "guest_agent": guest_agent})
-        log_event(self.name, "handshake", version=version, guest_agent=guest_agent)
+        guest_agent = event.guest_agent
+        self._record(
+            handshake={"at": now_iso(), "version": event.version, "guest_agent": guest_agent}
+        )
+        log_event(self.name, "handshake", version=event.version, guest_agent=guest_agent)
 
-    def _welcome(self, outbox: _Outbox, nonce: str, rid: int) -> None:
-        welcome = Welcome(nonce, self.session, self.link_id, self.version, PROTOCOL_VERSIONS)
-        self._send(outbox, welcome, rid)
+    def _on_refused(self, event: Refused, outbox: _Outbox) -> None:
+        outbox.put(event.reply)
+        if event.code == ERR_VERSION:
+            log_event(self.name, "version-mismatch", logging.WARNING, error=event.message)
+            self._record_error(event.message)
+            return
+        level = logging.WARNING if event.record else logging.INFO
+        log_event(
+            self.name,
+            "refused",
+            level,
+            message=event.message_type,
+            code=event.code,
+            error=event.message,
+        )
+        if event.record:
+            self._record_error(f"{event.message_type}: {event.message}")
 
-    async def _on_get_bundle(self, request: GetBundle, rid: int, outbox: _Outbox) -> None:
-        self._check_session(request.session)
-        resume = request.resume
-        await self._get_bundle_bucket.take()
-        session = self.session
+    async def _on_bundle_requested(
+        self, event: BundleRequested, machine: HostSession, outbox: _Outbox
+    ) -> None:
+        if event.delay > 0:
+            await asyncio.sleep(event.delay)
         try:
             entry, encoded = await self.agent.load_for(self)
         except StoreError as exc:
             # The full sentence (with dom0's paths) is in the log and the state record.
-            raise _BadRequest(
-                ERR_NO_BUNDLE, exc.guest_message or MSG_NO_BUNDLE, record=False
-            ) from None
-        if self._outbox is not outbox or self.session != session:
-            return  # the connection or session ended while the store was read
-        if entry.socket != self.socket:
-            raise _BadRequest(
-                ERR_NO_BUNDLE,
-                "this domain's store entry now names another socket; the agent is moving there",
-                record=False,
+            message = exc.guest_message or MSG_NO_BUNDLE
+            self._on_refused(
+                machine.refuse(event.request_id, ERR_NO_BUNDLE, message, "GET_BUNDLE"), outbox
             )
-        chunk_size = self.config.chunk_size
-        chunks = chunk_count(len(encoded), chunk_size)
-        first = 0
-        if resume is not None and resume.sha256 == entry.digest and 0 <= resume.chunk < chunks:
-            first = resume.chunk
+            return
+        if self._outbox is not outbox:
+            return  # the connection ended while the store was read
+        if entry.socket != self.socket:
+            message = (
+                "this domain's store entry now names another socket; the agent is moving there"
+            )
+            self._on_refused(
+                machine.refuse(event.request_id, ERR_NO_BUNDLE, message, "GET_BUNDLE"), outbox
+            )
+            return
+        sending = machine.send_bundle(event, encoded, entry.digest, self.config.chunk_size)
+        if sending is None:
+            return  # the session ended while the store was read
+        frames, first, chunks = sending
         started = time.monotonic()
         digest, size = entry.digest, len(encoded)
 
         def sent() -> None:
+            machine.transfer_done()
             log_event(
                 self.name,
                 "bundle-sent",
@@ -770,14 +705,18 @@ class DomainLink:
             )
 
         log_event(self.name, "bundle-requested", logging.DEBUG, sha256=digest, first=first)
-        outbox.start_transfer(bundle_frames(encoded, rid, self.version, chunk_size, first), sent)
+        outbox.start_transfer(frames, sent)
 
-    async def _on_bundle_ack(self, ack: BundleAck, rid: int, outbox: _Outbox) -> None:
-        self._check_session(ack.session)
-        digest = ack.sha256
+    async def _on_delivery(
+        self, event: DeliveryReported, machine: HostSession, outbox: _Outbox
+    ) -> None:
         await self.agent.refresh(self)
-        if self.bundle is None or digest != self.bundle.digest:
-            raise _BadRequest(ERR_BAD_REQUEST, MSG_ACK_MISMATCH)
+        bundle = self.bundle
+        result = machine.confirm_delivery(event, bundle.digest if bundle is not None else None)
+        if not isinstance(result, Delivered) or bundle is None:
+            assert isinstance(result, Refused)
+            self._on_refused(result, outbox)
+            return
         state = self.agent.recorder.ensure(self.name)
         previous = state.get("delivered") or {}
         count = previous.get("count", 0)
@@ -785,18 +724,24 @@ class DomainLink:
         self._record(
             delivered={
                 "at": now_iso(),
-                "sha256": digest,
-                "instance_id": self.bundle.instance_id,
+                "sha256": result.sha256,
+                "instance_id": bundle.instance_id,
                 "count": count,
             }
         )
-        self._send(outbox, StatusAck(), rid)
+        outbox.put(result.reply)
         log_event(
-            self.name, "delivered", sha256=digest, instance_id=self.bundle.instance_id, count=count
+            self.name,
+            "delivered",
+            sha256=result.sha256,
+            instance_id=bundle.instance_id,
+            count=count,
         )
 
-    async def _on_status(self, status: Status, rid: int, outbox: _Outbox) -> None:
-        self._check_session(status.session)
+    async def _on_status(
+        self, event: StatusReported, machine: HostSession, outbox: _Outbox
+    ) -> None:
+        status = event.status
         state, reason, instance_id = status.state, status.reason, status.instance_id
         await self.agent.refresh(self)
         ours = self.bundle.instance_id if self.bundle is not None else None
@@ -812,61 +757,47 @@ class DomainLink:
         )
         if mismatch:
             assert instance_id is not None
-            shown = _printable(instance_id, MAX_INSTANCE_ID)
+            shown = printable(instance_id, MAX_INSTANCE_ID)
             if ours is None:
                 message = f"guest reported instance-id {shown} but this domain has no valid bundle"
             else:
                 message = f"guest reported instance-id {shown} but this domain's bundle has {ours}"
             self._record_error(message)
             log_event(self.name, "status-mismatch", logging.WARNING, error=message)
-        self._send(outbox, StatusAck(), rid)
+        outbox.put(machine.acknowledge(event.request_id))
         log_event(
             self.name,
             "status",
             logging.INFO if state != "failed" else logging.WARNING,
             state=state,
             instance_id=instance_id,
-            reason=_printable(reason, 200) if reason else None,
+            reason=printable(reason, 200) if reason else None,
         )
 
-    def _on_query_reply(self, frame: Frame) -> None:
-        future = self._pending.get(frame.request_id)
+    def _settle(
+        self, request_id: int, answers: Optional[Dict[str, Any]], error: Optional[Exception]
+    ) -> None:
+        future = self._pending.get(request_id)
         if future is None or future.done():
-            return  # a reply nobody waits for: late, or from an earlier session
-        try:
-            future.set_result(QueryReply.from_frame(frame).answers)
-        except ProtocolError as exc:
-            future.set_exception(exc)
-
-    def _on_guest_error(self, frame: Frame) -> None:
-        try:
-            error = Error.from_frame(frame)
-        except ProtocolError:
-            error = Error("error", "")
-        code = _printable(error.code, 64)
-        message = _printable(error.message, 300)
-        future = self._pending.get(frame.request_id)
-        if future is not None and not future.done():
-            future.set_exception(RemoteError(code, message))
-            return
-        log_event(self.name, "guest-error", logging.WARNING, code=code, error=message)
-        self._record_error(f"guest reported {code}: {message}")
+            return  # a reply nobody waits for any more
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(answers or {})
 
     # ------------------------------------------------------------- queries
 
     async def query(self, what: List[str], timeout: float) -> Dict[str, Any]:
         """Ask the in-guest agent; its QUERY_REPLY body, or ChannelError (one sentence)."""
-        outbox = self._outbox
-        if outbox is None:
+        outbox, machine = self._outbox, self.machine
+        if outbox is None or machine is None:
             raise ChannelClosed(
                 f"domain {self.name} is not connected (is it running, with socket {self.socket}?)"
             )
-        rid = new_request_id()
-        while rid in self._pending:
-            rid = new_request_id()
+        rid, frame = machine.query(what)
         future: asyncio.Future[Dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._send(outbox, Query(what), rid)
+        outbox.put(frame)
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
@@ -877,6 +808,7 @@ class DomainLink:
         finally:
             if self._pending.get(rid) is future:
                 del self._pending[rid]
+            machine.forget_query(rid)
 
 
 # --------------------------------------------------------------------------- agent

@@ -47,6 +47,7 @@ from xenchannel.session import (
     BundleProgress,
     BundleReceived,
     BundleReceiver,
+    Busy,
     Event,
     GuestSession,
     Ignored,
@@ -302,7 +303,13 @@ class GuestClient:
                 )
             if isinstance(event, SessionLost):
                 raise _Restart()
-            if isinstance(event, BundleProgress):
+            if isinstance(event, Busy):
+                # dom0 paces requests (we resumed often, or another request crossed):
+                # wait as asked, within our own deadline, and ask again.
+                time.sleep(max(0.0, min(event.retry_after, deadline - time.monotonic())))
+                self._send(self.machine.get_bundle(receiver), "GET_BUNDLE")
+                last_progress = time.monotonic()
+            elif isinstance(event, BundleProgress):
                 last_progress = time.monotonic()
             elif isinstance(event, BundleReceived):
                 LOG.info(
