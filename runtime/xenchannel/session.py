@@ -1144,7 +1144,7 @@ class GuestError(Event):
 class HostSession:
     """The host's half of the session rules for one connection, sans-IO.
 
-    The driver (``dom0/agent.py``) sends ``knock()`` on connect and whenever the guest
+    The driver (``dom0/connection.py``) sends ``knock()`` on connect and whenever the guest
     has been silent for a while, feeds every decoded frame to ``receive`` with the time,
     sends the ``reply`` an event carries, and answers the events that need the store
     (``BundleRequested``, ``DeliveryReported``, ``StatusReported``) through the methods

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,9 @@ from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, NamedTupl
 import pytest
 
 from xenchannel.dom0 import cli
-from xenchannel.dom0.agent import Agent, AgentConfig, control_request
+from xenchannel.dom0.agent import Supervisor
+from xenchannel.dom0.config import AgentConfig
+from xenchannel.dom0.control import control_request
 from xenchannel.dom0.state import load_state
 from xenchannel.dom0.store import remove_domain, write_domain
 from xenchannel.protocol import (
@@ -276,8 +279,8 @@ class FakeQemu:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(config: AgentConfig) -> AsyncIterator[Agent]:
-    agent = Agent(config)
+async def running_agent(config: AgentConfig) -> AsyncIterator[Supervisor]:
+    agent = Supervisor(config)
     task = asyncio.ensure_future(agent.run())
     await wait_until(lambda: agent.ready or task.done())
     if task.done():
@@ -309,6 +312,9 @@ def test_handshake_bundle_delivery_and_ack(env: Env) -> None:
         async with qemu(env.sock("web1")) as server, running_agent(env.config()) as agent:
             guest = await server.accept()
             session = await guest.hello(agent="xenchannel-guest/0.1.0\n\x1b[31m")
+            # The link's run state follows the session: greeted, then streaming, then
+            # serving again once the transfer is over.
+            await wait_until(lambda: state_of(env, "web1").get("link") == "serving")
             received, digest = await guest.fetch(session)
             assert received == bundle
             assert digest == bundle.digest()
@@ -359,6 +365,7 @@ def test_handshake_bundle_delivery_and_ack(env: Env) -> None:
         final = state_of(env, "web1")
         assert final["connected"] is False
         assert final["disconnected_at"]
+        assert final["link"] == "stopped"  # the agent stopped
 
     run(scenario())
 
@@ -619,6 +626,8 @@ def test_domains_added_changed_and_removed_while_running(env: Env) -> None:
             await asyncio.wait_for(guest_b.eof.wait(), TIMEOUT)
             await wait_until(lambda: state_of(env, "bravo").get("active") is False)
             assert "bravo" not in agent.links
+            assert state_of(env, "bravo")["link"] == "stopped"
+            assert state_of(env, "alpha")["link"] == "serving"
             assert cli.summarise(state_of(env, "bravo"))["connected"] == "removed"
 
     run(scenario())
@@ -726,6 +735,15 @@ def test_socket_absent_then_appears(env: Env) -> None:
         async with running_agent(env.config(backoff_max=0.3)):
             await asyncio.sleep(0.8)  # the back-off reaches its maximum
             assert state_of(env, "web1").get("connected") is False
+            assert state_of(env, "web1")["link"] == "waiting"  # no socket yet
+            # A socket nobody listens on (QEMU gone, its file left): refused, backing off.
+            stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                stale.bind(env.sock("web1"))
+                await wait_until(lambda: state_of(env, "web1").get("link") == "unreachable")
+            finally:
+                stale.close()
+                os.unlink(env.sock("web1"))
             async with qemu(env.sock("web1")) as server:
                 started = time.monotonic()
                 guest = await server.accept(timeout=2.0)
@@ -904,7 +922,7 @@ def test_control_socket_is_private_and_a_second_agent_refuses(env: Env) -> None:
     async def scenario() -> None:
         async with running_agent(env.config()):
             assert os.stat(env.control).st_mode & 0o777 == 0o600
-            second = Agent(env.config())
+            second = Supervisor(env.config())
             with pytest.raises(Exception, match="another agent is already listening"):
                 await asyncio.wait_for(second.run(), 5)
 

@@ -28,6 +28,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 
+from tests.integration.demo_result import assert_demo_result
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tests" / "e2e" / "build.py"
 README = REPO / "README.md"
@@ -175,19 +177,6 @@ def in_root(root: Path, script: str, timeout: float, binds: List[Tuple[str, str]
     )  # fmt: skip
     assert proc.returncode == 0, f"rc {proc.returncode}:\n{proc.stdout[-12000:]}"
     return proc.stdout
-
-
-def assert_demo_result(stdout: str) -> None:
-    lines = [line.split() for line in stdout.splitlines()]
-    assert ["hostname", "web-01"] in lines, stdout[-8000:]
-    assert ["cloud-init", "status", "done"] in lines, stdout[-8000:]
-    assert ["cloud-init", "query", "v1.platform", "xen"] in lines, stdout[-8000:]
-    assert ["cloud-init", "datasource", "DataSourceXenChannel"] in lines, stdout[-8000:]
-    assert any(line[:4] == ["authorized", "key", "(debian)", "ssh-ed25519"] for line in lines)
-    assert "Address=192.0.2.10/24" in stdout, stdout[-8000:]
-    assert ["/etc/motd", "(user-data)", "provisioned", "over", "a", "Xen", "channel"] in lines
-    status = [line for line in lines if line[:1] == ["web-01"]]
-    assert status and status[-1][1:5] == ["yes", "v1", "yes", "applied"], stdout[-8000:]
 
 
 @pytest.mark.timeout(3600)

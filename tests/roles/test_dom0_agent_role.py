@@ -18,6 +18,7 @@ import pytest
 from testbed import ansible_run
 from testbed.host_sandbox import HostSandbox, Result, Running
 from tests.roles.runtime_manifest import IMPORT_ALL, module_names, runtime_files
+from xenchannel.protocol import CURRENT_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = "/usr/lib/python3/dist-packages/xenchannel"
@@ -258,14 +259,15 @@ def test_the_installed_agent_serves_a_simulated_guest(converged) -> None:
         )
         assert sim.rc == 0, sim
         assert json.loads(sim.stdout)["meta_data"]["local-hostname"] == "vm1"
+        applied = ["vm1", "yes", f"v{CURRENT_VERSION}", "yes", "applied"]
         deadline = time.monotonic() + 20
         while True:
             table = agent.run(["xenchannel-dom0", "status"], env=CLEAN_ENV).check().stdout
             row = next((line.split() for line in table.splitlines() if line.startswith("vm1 ")), [])
-            if row[:5] == ["vm1", "yes", "v1", "yes", "applied"] or time.monotonic() > deadline:
+            if row[:5] == applied or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert row[3:6] == ["yes", "applied", "iid-vm1"], table
+        assert row[:6] == [*applied, "iid-vm1"], table
         query = agent.run(["xenchannel-dom0", "status", "vm1", "--json"], env=CLEAN_ENV).check()
         assert json.loads(query.stdout)["summary"]["status"] == "applied"
     stopped = agent.stop()

@@ -168,6 +168,7 @@ def body_handling(path: str) -> List[str]:
 def test_no_file_but_the_session_module_builds_or_reads_a_message_body() -> None:
     files = product_files()
     assert "runtime/xenchannel/dom0/agent.py" in files
+    assert "runtime/xenchannel/dom0/connection.py" in files
     assert "runtime/xenchannel/guest/client.py" in files
     assert [problem for path in files for problem in body_handling(path)] == []
 

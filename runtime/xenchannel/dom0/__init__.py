@@ -2,7 +2,10 @@
 
 * ``store``  - the per-domain store the agent serves from (``<store>/<domain>/domain.json``)
 * ``state``  - the per-domain records of what happened (``<state>/<domain>.json``)
-* ``agent``  - the asyncio agent: one ``DomainLink`` per domain, a control socket
+* ``agent``  - the supervisor: one ``DomainLink`` (``link``) per domain of the store
+* ``link``, ``connection``, ``outbox`` - a domain's link, one connect of it, its writes
+* ``control`` - the control socket, server and client
+* ``config`` - ``AgentConfig``, every setting and bound
 * ``cli``    - ``python -m xenchannel.dom0 run | status | query``
 
 Standard library only; runs on Python 3.8 and later (Debian bookworm's dom0 and newer).

@@ -23,16 +23,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from xenchannel import __version__
 from xenchannel.dom0 import LOGGER_NAME
-from xenchannel.dom0.agent import (
+from xenchannel.dom0.agent import run_agent
+from xenchannel.dom0.config import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_SOCKET_ROOT,
     DEFAULT_STATE_DIR,
     DEFAULT_STORE_DIR,
     AgentConfig,
     AgentError,
-    control_request,
-    run_agent,
 )
+from xenchannel.dom0.control import control_request
 from xenchannel.dom0.state import load_state, load_states, public_record, summarise
 from xenchannel.dom0.store import valid_domain_name
 

@@ -43,6 +43,7 @@ _DEFAULTS: Dict[str, Any] = {
     "connected": False,
     "connected_at": None,
     "disconnected_at": None,
+    "link": None,  # the link's run state (dom0/link.py LinkState), e.g. "serving"
     "handshake": None,
     "bundle": None,
     "delivered": None,

@@ -1,0 +1,341 @@
+"""A domain's link: the agent's lasting tie to one domain's channel socket.
+
+The socket exists only while the domain runs, and QEMU serves it to one client at a
+time.  A ``DomainLink`` waits for it, connects with back-off (jittered, so a thousand
+links do not retry in step), runs one ``Connection`` per connect, follows the store
+entry (its socket, its bundle's digest), and records what happens for ``status``.
+Its run state (``LinkState``) is in the state record as ``link``.
+
+Isolation is the rule everything here is built around: a link serves only the bundle of
+the store entry that names its socket, read from the store at the moment the guest
+asks.  Nothing a guest sends (a domain name, an instance-id) is ever used to choose
+what to send.
+"""
+
+import asyncio
+import enum
+import logging
+import os
+import random
+import re
+import stat
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional
+
+from xenchannel.dom0 import log_event
+from xenchannel.dom0.connection import Connection
+from xenchannel.dom0.state import now_iso
+from xenchannel.dom0.store import DomainEntry
+from xenchannel.protocol import ChannelClosed, Skipped
+from xenchannel.session import HostState
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from xenchannel.dom0.agent import Supervisor
+
+
+class LinkState(enum.Enum):
+    """Where a domain's link is (``link`` in its state record and ``status --json``)."""
+
+    WAITING = "waiting"  # no socket: the domain is not running
+    UNREACHABLE = "unreachable"  # the socket refused or did not answer: backing off
+    DISCONNECTED = "disconnected"  # a connection ended: backing off before the next
+    KNOCKED = "knocked"  # connected, KNOCK sent, no session yet
+    SERVING = "serving"  # connected, the guest greeted: a session
+    SENDING = "sending"  # connected, the bundle streams
+    STOPPED = "stopped"  # the domain left the store, or the agent stopped
+
+
+# While connected, the link's state is its session machine's.
+_CONNECTED = {
+    HostState.KNOCKED: LinkState.KNOCKED,
+    HostState.SERVING: LinkState.SERVING,
+    HostState.SENDING: LinkState.SENDING,
+}
+
+
+class BundleInfo(NamedTuple):
+    """What a link keeps of its domain's bundle: never the bundle itself."""
+
+    digest: str
+    instance_id: str
+    size: int
+    hostname: Optional[str]
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+class DomainLink:
+    """One domain's channel: connect, handshake, serve its own bundle, record events."""
+
+    def __init__(self, supervisor: "Supervisor", name: str, socket: str) -> None:
+        self.supervisor = supervisor
+        self.config = supervisor.config
+        self.name = name
+        self.socket = socket
+        self.bundle: Optional[BundleInfo] = None
+        self.store_error: Optional[str] = None
+        self.connection: Optional[Connection] = None
+        # None until the first step, so that step is logged and recorded like any change.
+        self.state: Optional[LinkState] = None
+        self.echoes_ignored = 0
+        self._task: Optional[asyncio.Task[None]] = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._close_reason = "stopped"
+        self._reset_backoff = False
+        self._loaded_once = False
+        self._skip_bytes = 0
+        self._skip_notes = 0
+        self._skip_reasons: Dict[str, int] = {}
+        self._skip_logged = -1e9
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None
+
+    @property
+    def session(self) -> Optional[str]:
+        """The id of the current connection's session, if the guest greeted."""
+        return self.connection.machine.session_id if self.connection is not None else None
+
+    # ------------------------------------------------------------- control from the supervisor
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    @property
+    def task(self) -> Optional["asyncio.Task[None]"]:
+        return self._task
+
+    def closing(self) -> bool:
+        return self._closing
+
+    def request_close(self, reason: str) -> None:
+        """Stop the link: closes an open connection at once, cancels the task."""
+        self._closing = True
+        self._close_reason = reason
+        self._drop(reason)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def set_entry(self, entry: DomainEntry) -> None:
+        """The store entry was (re)loaded and is valid."""
+        self._move(entry.socket)
+        info = BundleInfo(entry.digest, entry.instance_id, entry.size, entry.hostname)
+        changed = info != self.bundle
+        self.bundle = info
+        self.store_error = None
+        if not changed and self._loaded_once:
+            return
+        state = self.supervisor.recorder.ensure(self.name)
+        recorded = state.get("bundle") or {}
+        fields: Dict[str, Any] = {
+            "socket": self.socket,
+            "sha256": info.digest,
+            "instance_id": info.instance_id,
+            "hostname": info.hostname,
+            "size": info.size,
+        }
+        if not self._loaded_once:
+            log_event(self.name, "loaded", **fields)
+        else:
+            log_event(self.name, "bundle-changed", **fields)
+        self._loaded_once = True
+        if recorded.get("sha256") != info.digest or not state.get("active", True):
+            self.record(
+                socket=self.socket,
+                active=True,
+                bundle={"sha256": info.digest, "instance_id": info.instance_id, "size": info.size},
+            )
+
+    def set_invalid(self, message: str, socket: str) -> None:
+        """The store entry names a valid socket but holds no valid bundle."""
+        self._move(socket)
+        self.bundle = None
+        self.store_error = message
+        self._loaded_once = True
+        log_event(self.name, "store-error", logging.ERROR, error=message)
+        self.record(socket=self.socket, active=True, bundle=None, last_error=_err(message))
+
+    def _move(self, socket: str) -> None:
+        if socket == self.socket:
+            return
+        log_event(self.name, "socket-changed", old=self.socket, new=socket)
+        self.socket = socket
+        self.record(socket=socket)
+        self._reset_backoff = True
+        self._drop("socket-changed")
+        self._wake.set()
+
+    def _drop(self, reason: str) -> None:
+        """Close the current connection; it ends with ``reason``."""
+        if self.connection is not None:
+            self.connection.drop(reason)
+
+    # ------------------------------------------------------------- recording
+
+    def record(self, **fields: Any) -> None:
+        self.supervisor.recorder.update(self.name, **fields)
+
+    def record_error(self, message: str) -> None:
+        self.record(last_error=_err(message))
+
+    def _enter(
+        self, state: LinkState, event: str, level: int = logging.INFO, **fields: Any
+    ) -> None:
+        """Log a change of run state once, not on every retry, and record it."""
+        if state == self.state:
+            log_event(self.name, event, logging.DEBUG, **fields)
+            return
+        self.state = state
+        log_event(self.name, event, level, **fields)
+        self.record(link=state.value)
+
+    def session_state(self, state: HostState) -> None:
+        """The connection's session machine is in ``state`` now."""
+        link_state = _CONNECTED[state]
+        if link_state != self.state:
+            self.state = link_state
+            self.record(link=link_state.value)
+
+    def note_skipped(self, item: Skipped) -> None:
+        self._skip_bytes += item.size
+        self._skip_notes += 1
+        # Reasons carry sizes ("oversized HELLO frame of 300000 bytes"); fold the
+        # numbers so a flood of varied frames still gives a few distinct reasons.
+        reason = re.sub(r"\d+", "N", item.reason)
+        if reason not in self._skip_reasons and len(self._skip_reasons) >= 8:
+            reason = "other"
+        self._skip_reasons[reason] = self._skip_reasons.get(reason, 0) + item.size
+
+    def log_skipped(self, force: bool = False) -> None:
+        """At most one line per skip_log_interval summarising what the decoder dropped."""
+        if not self._skip_bytes:
+            return
+        now = time.monotonic()
+        if not force and now - self._skip_logged < self.config.skip_log_interval:
+            return
+        reasons = ",".join(
+            f"{reason}:{size}" for reason, size in sorted(self._skip_reasons.items())
+        )
+        log_event(
+            self.name,
+            "skipped",
+            logging.WARNING,
+            bytes=self._skip_bytes,
+            notes=self._skip_notes,
+            reasons=reasons,
+        )
+        self._skip_bytes = self._skip_notes = 0
+        self._skip_reasons = {}
+        self._skip_logged = now
+
+    # ------------------------------------------------------------- connection loop
+
+    async def _run(self) -> None:
+        config = self.config
+        backoff = config.backoff_initial
+        try:
+            while not self._closing:
+                self.log_skipped()
+                if self._reset_backoff:
+                    self._reset_backoff = False
+                    backoff = config.backoff_initial
+                path = self.socket
+                if not _is_socket(path):
+                    self._enter(LinkState.WAITING, "waiting", socket=path)
+                else:
+                    try:
+                        reader, writer = await asyncio.wait_for(
+                            asyncio.open_unix_connection(path), config.connect_timeout
+                        )
+                    except asyncio.TimeoutError:
+                        self._enter(
+                            LinkState.UNREACHABLE,
+                            "connect-failed",
+                            logging.WARNING,
+                            socket=path,
+                            error=f"no answer within {config.connect_timeout:g} s",
+                        )
+                    except OSError as exc:
+                        self._enter(
+                            LinkState.UNREACHABLE,
+                            "connect-failed",
+                            logging.WARNING,
+                            socket=path,
+                            error=exc.strerror or str(exc),
+                        )
+                    else:
+                        if await self._serve(reader, writer):
+                            backoff = config.backoff_initial
+                        # (A method, not the attribute: mypy would keep the narrowing
+                        # from the loop condition across the await.)
+                        if self.closing():
+                            break
+                        if self._reset_backoff:
+                            continue
+                await self._pause(backoff)
+                backoff = min(backoff * 2, config.backoff_max)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        finally:
+            self.state = LinkState.STOPPED
+            self.record(link=LinkState.STOPPED.value)
+            self.log_skipped(force=True)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` with jitter (so 1000 links do not retry in step), or until woken."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay * random.uniform(0.5, 1.0))  # noqa: S311
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Run one connection until it ends; True if it was worth resetting the back-off."""
+        connection = Connection(self, reader, writer)
+        self.connection = connection
+        self._enter(LinkState.KNOCKED, "connected", socket=self.socket)
+        self.record(connected=True, connected_at=now_iso(), socket=self.socket)
+        reason = "eof"
+        try:
+            reason = await connection.run()
+        except asyncio.CancelledError:
+            reason = self._close_reason
+            raise
+        finally:
+            self.connection = None
+            if self._closing:
+                connection.close(ChannelClosed(f"domain {self.name}'s link was stopped"))
+            else:
+                connection.close(ChannelClosed(f"domain {self.name} disconnected"))
+            self.log_skipped()
+            self.record(connected=False, disconnected_at=now_iso())
+            self._enter(LinkState.DISCONNECTED, "disconnected", reason=reason)
+        return connection.useful or time.monotonic() - connection.started >= (
+            self.config.stable_connection
+        )
+
+    # ------------------------------------------------------------- queries
+
+    async def query(self, what: List[str], timeout: float) -> Dict[str, Any]:
+        """Ask the in-guest agent; its QUERY_REPLY body, or ChannelError (one sentence)."""
+        connection = self.connection
+        if connection is None:
+            raise ChannelClosed(
+                f"domain {self.name} is not connected (is it running, with socket {self.socket}?)"
+            )
+        return await connection.query(what, timeout)
+
+
+def _err(message: str) -> Dict[str, Any]:
+    return {"at": now_iso(), "message": message}

@@ -1,0 +1,62 @@
+"""Frames waiting for one connection's writer task, with back-pressure."""
+
+import asyncio
+import collections
+import time
+from typing import Callable, Deque, Iterable, Iterator, Optional
+
+
+class Outbox:
+    """Frames waiting for one connection's writer task.
+
+    Short messages go first; a bundle transfer is pulled one frame at a time, each
+    written only after the previous one drained.  So the reader never waits for the
+    channel (a tty echoing our bytes back could otherwise deadlock us), the write side
+    has backpressure, and at most one chunk per transfer is in memory beyond the
+    encoded bundle.  More than ``max_frames`` short messages waiting means the guest
+    does not read: ``overflow`` tells the connection to drop it.
+    """
+
+    def __init__(self, max_frames: int) -> None:
+        self.max_frames = max_frames
+        self._control: Deque[bytes] = collections.deque()
+        self._transfer: Optional[Iterator[bytes]] = None
+        self._on_done: Optional[Callable[[], None]] = None
+        self.ready = asyncio.Event()
+        self.overflow = False
+        self.progress_at = 0.0  # monotonic time of the last transfer frame taken
+
+    def put(self, frame: bytes) -> None:
+        if len(self._control) >= self.max_frames:
+            self.overflow = True
+        else:
+            self._control.append(frame)
+        self.ready.set()
+
+    def start_transfer(self, frames: Iterable[bytes], on_done: Callable[[], None]) -> None:
+        # A new GET_BUNDLE supersedes one still streaming: the guest started over.
+        self._transfer = iter(frames)
+        self._on_done = on_done
+        self.ready.set()
+
+    def cancel_transfer(self) -> None:
+        self._transfer = None
+        self._on_done = None
+
+    @property
+    def transferring(self) -> bool:
+        return self._transfer is not None
+
+    def next_frame(self) -> Optional[bytes]:
+        if self._control:
+            return self._control.popleft()
+        while self._transfer is not None:
+            self.progress_at = time.monotonic()
+            try:
+                return next(self._transfer)
+            except StopIteration:
+                # The previous frame, the last, has drained: the transfer is complete.
+                done, self._transfer, self._on_done = self._on_done, None, None
+                if done is not None:
+                    done()
+        return None
