@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from testbed.simulator import SimulatedChannel, SimulatorOptions, SimulatorThread
 from testbed.stack import agent_command
@@ -301,7 +301,7 @@ def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def print_table(title: str, headers: Sequence[str], rows: List[Sequence[Any]]) -> None:
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     line = "  ".join("-" * w for w in widths)

@@ -1,16 +1,20 @@
-"""Section (c): N simulated domains served by one agent, against the
-one-process-per-domain baseline (CloudStack's patchviasocket.py), in the same run.
+"""Section (c): N domains served by one agent, against the one-process-per-domain
+baseline (CloudStack's patchviasocket.py), in the same run; then the agent idle.
 
-Both halves use fresh, unthrottled simulator channels (the point is the dom0 side's
-overhead, not the channel's speed) hosted in this process, and the same bundles.
+The kernel allows 4096 ptys, so no guest here has one: each domain's channel is a plain
+Unix socket that a guest listens on, standing in for QEMU and /dev/hvcN at once
+(``benchmarks/socket_swarm.py`` says why that is fair).  Nothing is throttled: the point
+is the dom0 side's overhead, not the channel's speed.  Both halves get the same bundles.
 
 * Agent: one ``python -m xenchannel.dom0 run`` serves all N domains; the guests run in
-  4 ``tests.load.swarm`` processes (threads inside), all fetching at once with the full
-  protocol (handshake, chunks, digest, ack).
+  ``SWARMS`` ``benchmarks.socket_swarm`` processes (threads inside), all fetching at once
+  with the full protocol (handshake, chunks, digest, ack).  Then every guest stays
+  connected and silent for ``IDLE_SECONDS``, and the agent's CPU over that time is the
+  idle cost (its store rescans, KNOCKs and state writes).
 * Baseline: one short-lived Python per domain connects to the domain's socket, sends
   the encoded bundle and closes, with no handshake and no acknowledgement; at most
   ``MAX_CONCURRENT`` run at once.  A few reader threads in this process (poll, not
-  select: the fds exceed 1024) read each guest device until the whole bundle is there.
+  select: the fds exceed 1024) accept and read until the whole bundle is there.
 """
 
 import json
@@ -18,14 +22,14 @@ import os
 import resource
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
-from testbed.simulator import SimulatorOptions
-from xenchannel.guest import ChannelDevice
+from xenchannel.dom0.store import write_domain
 
 from .harness import (
     ROOT,
@@ -36,14 +40,19 @@ from .harness import (
     make_bundle,
     met,
     print_table,
-    wait_until,
 )
 
 SWARMS = 4
 READERS = 4
 MAX_CONCURRENT = 200
-RSS_TARGET_KIB = 100 * 1024
-PHASE_TIMEOUT = 240.0
+PHASE_TIMEOUT = 300.0
+IDLE_SECONDS = 30.0  # three KNOCK intervals, thirty store rescans
+SPARE_FDS = 256  # what a process needs besides one fd per domain
+# Targets: peak RSS (stricter at the default 1000 than the issue's 10,000 figure, so a
+# regression at the usual size shows), CPU per delivery against the baseline, idle CPU.
+RSS_TARGET_KIB = {1000: 100 * 1024, 10000: 150 * 1024}
+CPU_PER_DELIVERY_TARGET = 0.1
+IDLE_CPU_TARGET_PERCENT = 1.0
 
 # What patchviasocket.py does, minus its argument parsing: connect, send, close.
 BASELINE_SCRIPT = (
@@ -65,16 +74,50 @@ BASELINE_SCRIPT = (
 
 
 def _names(count: int) -> List[str]:
-    return [f"vm{i:04d}" for i in range(count)]
+    return [f"vm{i:05d}" for i in range(count)]
+
+
+def rss_target_kib(count: int) -> int:
+    return RSS_TARGET_KIB[1000] if count <= 1000 else RSS_TARGET_KIB[10000]
+
+
+def check_limits(count: int) -> None:
+    """One sentence naming the limit, instead of a traceback halfway through."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = count + MAX_CONCURRENT + SPARE_FDS
+    if hard != resource.RLIM_INFINITY and hard < need:
+        fit = max(1, hard - MAX_CONCURRENT - SPARE_FDS)
+        raise BenchError(
+            f"{count} domains need about {need} open files in one process and this "
+            f"machine allows {hard} (ulimit -Hn): run with --domains {fit} or fewer, or "
+            "raise the hard limit (LimitNOFILE= for a service, limits.conf for a login)"
+        )
+    soft_procs, _hard_procs = resource.getrlimit(resource.RLIMIT_NPROC)
+    threads = count + 64  # one guest thread per domain, across the swarms
+    if soft_procs != resource.RLIM_INFINITY and soft_procs < threads:
+        raise BenchError(
+            f"{count} domains need about {threads} threads and this user may run "
+            f"{soft_procs} (ulimit -u): run with --domains {max(1, soft_procs - 64)} or "
+            "fewer, or raise the limit"
+        )
+
+
+def _listen(path: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.setblocking(False)
+    return listener
 
 
 # --------------------------------------------------------------------------- baseline
 
 
 class _Readers:
-    """Reader threads that collect each device's bytes until it holds ``expected``."""
+    """Reader threads that accept each domain's connection and collect its bytes until
+    it holds ``expected``."""
 
-    def __init__(self, devices: List[ChannelDevice], expected: List[bytes]) -> None:
+    def __init__(self, listeners: List[socket.socket], expected: List[bytes]) -> None:
         self.expected = expected
         self.received = [bytearray() for _ in expected]
         self.done_at: List[Optional[float]] = [None] * len(expected)
@@ -82,7 +125,7 @@ class _Readers:
         self.errors: List[str] = []
         self.threads = []
         for k in range(READERS):
-            group = [(i, devices[i].fd) for i in range(k, len(devices), READERS)]
+            group = [(i, listeners[i]) for i in range(k, len(listeners), READERS)]
             thread = threading.Thread(target=self._read, args=(group,), daemon=True)
             self.threads.append(thread)
 
@@ -90,29 +133,47 @@ class _Readers:
         for thread in self.threads:
             thread.start()
 
-    def _read(self, group: List[Tuple[int, Optional[int]]]) -> None:
+    def _read(self, group: List[Tuple[int, socket.socket]]) -> None:
         poller = select.poll()
-        index_of = {}
-        for i, fd in group:
-            assert fd is not None
-            poller.register(fd, select.POLLIN)
-            index_of[fd] = i
+        listening: Dict[int, Tuple[int, socket.socket]] = {}
+        reading: Dict[int, Tuple[int, socket.socket]] = {}
+        for i, listener in group:
+            poller.register(listener.fileno(), select.POLLIN)
+            listening[listener.fileno()] = (i, listener)
         try:
-            while index_of and not self.stop.is_set():
+            while (listening or reading) and not self.stop.is_set():
                 for fd, _ in poller.poll(100):
-                    i = index_of[fd]
+                    if fd in listening:
+                        i, listener = listening[fd]
+                        try:
+                            conn, _peer = listener.accept()
+                        except BlockingIOError:
+                            continue
+                        poller.unregister(fd)
+                        del listening[fd]
+                        listener.close()
+                        conn.setblocking(False)
+                        poller.register(conn.fileno(), select.POLLIN)
+                        reading[conn.fileno()] = (i, conn)
+                        continue
+                    i, conn = reading[fd]
                     try:
-                        data = os.read(fd, 65536)
+                        data = conn.recv(65536)
                     except BlockingIOError:
                         continue
                     buf = self.received[i]
                     buf += data
-                    if len(buf) >= len(self.expected[i]):
-                        self.done_at[i] = time.monotonic()
+                    if not data or len(buf) >= len(self.expected[i]):
+                        if data:
+                            self.done_at[i] = time.monotonic()
                         poller.unregister(fd)
-                        del index_of[fd]
+                        del reading[fd]
+                        conn.close()
         except Exception as exc:
             self.errors.append(repr(exc))
+        finally:
+            for _i, sock in list(listening.values()) + list(reading.values()):
+                sock.close()
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -138,28 +199,25 @@ def _spawn(script: str, args: List[str], errlog: str) -> int:
 
 def baseline(count: int) -> Dict[str, Any]:
     ws = Workspace("xcb-c0-")
-    devices: List[ChannelDevice] = []
+    listeners: List[socket.socket] = []
     running: Dict[int, int] = {}  # pid -> domain index
     try:
-        options = SimulatorOptions(rate=None)
         setup = time.monotonic()
         expected: List[bytes] = []
         rss_log = os.path.join(ws.root, "baseline.rss")
         jobs: List[List[str]] = []
         for name in _names(count):
             data = make_bundle(name).encode()
-            channel = ws.add_raw_channel(name, options)
+            sock = os.path.join(ws.raw, f"{name}.sock")
             path = os.path.join(ws.raw, f"{name}.bin")
             with open(path, "wb") as handle:
                 handle.write(data)
             expected.append(data)
-            jobs.append([channel.socket_path, path, rss_log])
-            devices.append(ChannelDevice.open(channel.device_path, 10.0, 5.0))
-        channels = list(ws.channels.values())
-        wait_until("the guest opens", lambda: all(c.guest_is_open for c in channels), 60, None)
+            jobs.append([sock, path, rss_log])
+            listeners.append(_listen(sock))
         setup = time.monotonic() - setup
 
-        readers = _Readers(devices, expected)
+        readers = _Readers(listeners, expected)
         readers.start()
         errlog = os.path.join(ws.root, "baseline.err")
         cpu_sum = 0.0
@@ -201,8 +259,8 @@ def baseline(count: int) -> Dict[str, Any]:
         if readers.errors:
             raise BenchError(f"a baseline reader failed: {readers.errors[0]}")
         try:
-            with open(rss_log) as handle:
-                peaks = [int(line) for line in handle if line.strip()]
+            with open(rss_log) as rss_file:
+                peaks = [int(line) for line in rss_file if line.strip()]
         except OSError:
             peaks = []
         complete = [i for i, t in enumerate(readers.done_at) if t is not None]
@@ -229,19 +287,79 @@ def baseline(count: int) -> Dict[str, Any]:
                 os.waitpid(pid, 0)
             except OSError:
                 pass
-        for device in devices:
-            device.close()
+        for listener in listeners:
+            listener.close()  # (the readers closed those they finished with: harmless)
         ws.close()
 
 
 # --------------------------------------------------------------------------- agent
 
 
-def with_agent(count: int) -> Dict[str, Any]:
+class _Swarm:
+    """One ``benchmarks.socket_swarm`` process and its line protocol, every wait bounded."""
+
+    def __init__(self, root: str, n: int, jobs: List[Dict[str, str]]) -> None:
+        self.jobs_path = os.path.join(root, f"jobs{n}.json")
+        self.out_path = os.path.join(root, f"out{n}.json")
+        self.err_path = os.path.join(root, f"swarm{n}.err")
+        with open(self.jobs_path, "w") as handle:
+            json.dump(jobs, handle)
+        # stderr to a file: thousands of guests' warnings would fill a pipe and stall it.
+        with open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.socket_swarm", self.jobs_path, self.out_path],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                cwd=ROOT,
+                env=child_env(),
+            )
+
+    def _pipe(self, name: str) -> IO[bytes]:
+        pipe: Optional[IO[bytes]] = getattr(self.proc, name)
+        assert pipe is not None
+        return pipe
+
+    def say(self, word: str) -> None:
+        pipe = self._pipe("stdin")
+        pipe.write(word.encode() + b"\n")
+        pipe.flush()
+
+    def expect(self, word: str, deadline: float) -> None:
+        stdout = self._pipe("stdout")
+        ready, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
+        got = stdout.readline().decode(errors="replace").strip() if ready else ""
+        if got != word:
+            raise BenchError(
+                f"a guest swarm did not say {word!r} in time (it said {got!r}): {self.err_tail()}"
+            )
+
+    def err_tail(self) -> str:
+        try:
+            with open(self.err_path, errors="replace") as handle:
+                return " | ".join(handle.read().strip().splitlines()[-3:]) or "(no output)"
+        except OSError:
+            return "(no output)"
+
+    def results(self) -> List[Dict[str, Any]]:
+        with open(self.out_path) as handle:
+            data: List[Dict[str, Any]] = json.load(handle)
+        return data
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.say("stop")
+                self.proc.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def with_agent(count: int, idle_seconds: float) -> Dict[str, Any]:
     ws = Workspace("xcb-c1-")
-    swarms: List[subprocess.Popen[bytes]] = []
+    swarms: List[_Swarm] = []
     try:
-        options = SimulatorOptions(rate=None)
         setup = time.monotonic()
         names = _names(count)
         digests: Dict[str, str] = {}
@@ -249,41 +367,33 @@ def with_agent(count: int) -> Dict[str, Any]:
         for name in names:
             bundle = make_bundle(name)
             digests[name] = bundle.digest()
-            jobs.append({"name": name, "link": ws.add_domain(name, bundle, options)})
+            sock = os.path.join(ws.run, f"{name}.sock")
+            write_domain(ws.store, name, sock, bundle)
+            jobs.append({"name": name, "socket": sock})
+        swarms = [_Swarm(ws.root, n, jobs[n::SWARMS]) for n in range(SWARMS)]
+        deadline = time.monotonic() + PHASE_TIMEOUT
+        for swarm in swarms:
+            swarm.expect("ready", deadline)  # every socket is listening
         setup = time.monotonic() - setup
+
         agent = ws.start_agent()
-        connect_s = ws.wait_connected(names, 120.0)
+
+        def connected() -> int:
+            return sum(1 for name in names if ws.state_of(name).get("connected") is True)
+
+        connect_s = _poll_until(f"the agent connecting to {count} sockets", connected, count, agent)
         cpu_ready = agent.cpu_seconds()
 
-        outputs = []
         start = time.monotonic()
-        for n in range(SWARMS):
-            path = os.path.join(ws.root, f"jobs{n}.json")
-            out = os.path.join(ws.root, f"out{n}.json")
-            with open(path, "w") as handle:
-                json.dump(jobs[n::SWARMS], handle)
-            outputs.append(out)
-            swarms.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "tests.load.swarm", path, out],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    cwd=ROOT,
-                    env=child_env(),
-                )
-            )
+        for swarm in swarms:
+            swarm.say("go")
         deadline = start + PHASE_TIMEOUT
-        for proc in swarms:
-            _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            if proc.returncode != 0:
-                tail = err.decode(errors="replace").strip().splitlines()[-3:]
-                raise BenchError("a guest swarm failed: " + " | ".join(tail))
+        for swarm in swarms:
+            swarm.expect("done", deadline)
         cpu_done = agent.cpu_seconds()
         results: List[Dict[str, Any]] = []
-        for out in outputs:
-            with open(out) as handle:
-                results.extend(json.load(handle))
+        for swarm in swarms:
+            results.extend(swarm.results())
         good = [r for r in results if r.get("ok") and r.get("sha256") == digests[r["name"]]]
         errors = [r.get("error", "wrong bundle") for r in results if r not in good]
         last = max((r["done"] for r in good), default=start)
@@ -297,13 +407,21 @@ def with_agent(count: int) -> Dict[str, Any]:
             )
 
         try:
-            wait_until("all deliveries recorded", lambda: recorded() == len(good), 30, None)
+            _poll_until("all deliveries recorded", recorded, len(good), agent, timeout=60.0)
         except BenchError:
             pass
         in_state = recorded()
+
+        # Idle: every guest connected and silent; what the agent spends doing nothing.
+        idle_start, idle_cpu_start = time.monotonic(), agent.cpu_seconds()
+        time.sleep(idle_seconds)
+        idle_cpu = agent.cpu_seconds() - idle_cpu_start
+        idle_wall = time.monotonic() - idle_start
+        still = connected()
         peak = agent.peak_rss_kib()
         agent.check_alive()
         hellos = sorted(r.get("hellos", 0) for r in good)
+        target = rss_target_kib(count)
         return {
             "domains": count,
             "delivered": len(good),
@@ -315,21 +433,32 @@ def with_agent(count: int) -> Dict[str, Any]:
             "cpu_s": cpu_done,
             "cpu_fetch_phase_s": cpu_done - cpu_ready,
             "cpu_startup_and_connect_s": cpu_ready,
+            "idle_s": idle_wall,
+            "idle_cpu_s": idle_cpu,
+            "idle_cpu_percent": 100.0 * idle_cpu / idle_wall,
+            "idle_connected": still,
             "peak_rss_kib": peak,
-            "rss_target_kib": RSS_TARGET_KIB,
-            "rss_target_met": peak < RSS_TARGET_KIB,
+            "rss_target_kib": target,
+            "rss_target_met": peak <= target,
             "hellos_median": hellos[len(hellos) // 2] if hellos else None,
             "hellos_max": hellos[-1] if hellos else None,
         }
     finally:
-        for proc in swarms:
-            if proc.poll() is None:
-                proc.kill()
-                try:
-                    proc.communicate(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
+        for swarm in swarms:
+            swarm.stop()
         ws.close()
+
+
+def _poll_until(what: str, count: Any, want: int, agent: Any, timeout: float = 120.0) -> float:
+    """Wait until ``count()`` reaches ``want``; polls twice a second, since each poll reads
+    every state file and a tighter loop would take CPU from the agent being measured."""
+    start = time.monotonic()
+    while count() < want:
+        agent.check_alive()
+        if time.monotonic() - start > timeout:
+            raise BenchError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.5)
+    return time.monotonic() - start
 
 
 # --------------------------------------------------------------------------- section
@@ -339,15 +468,26 @@ def _mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
 
 
-def run(count: int) -> Dict[str, Any]:
+def run(count: int, idle_seconds: float = IDLE_SECONDS) -> Dict[str, Any]:
+    check_limits(count)
     section_start = time.monotonic()
     base = baseline(count)
-    agent = with_agent(count)
+    agent = with_agent(count, idle_seconds)
     elapsed = time.monotonic() - section_start
 
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.3f}" if b else "-"
 
+    def per_delivery(cpu: float, delivered: int) -> float:
+        return cpu / delivered if delivered else float("inf")
+
+    agent_per = per_delivery(agent["cpu_s"], agent["delivered"])
+    base_per = per_delivery(base["cpu_s"], base["delivered"])
+    cpu_ratio = agent_per / base_per if base_per else float("inf")
+    agent["cpu_per_delivery_ratio"] = cpu_ratio
+    agent["cpu_per_delivery_target_met"] = cpu_ratio <= CPU_PER_DELIVERY_TARGET
+    agent["idle_target_met"] = agent["idle_cpu_percent"] <= IDLE_CPU_TARGET_PERCENT
+    target = agent["rss_target_kib"]
     rows = [
         [
             "delivered",
@@ -362,7 +502,7 @@ def run(count: int) -> Dict[str, Any]:
             ratio(agent["wall_s"], base["wall_s"]),
         ],
         [
-            "CPU user+sys (agent: whole life)",
+            "CPU user+sys (agent: start .. all fetched)",
             f"{agent['cpu_s']:.2f} s",
             f"{base['cpu_s']:.2f} s (sum)",
             ratio(agent["cpu_s"], base["cpu_s"]),
@@ -374,16 +514,40 @@ def run(count: int) -> Dict[str, Any]:
             "-",
         ],
         [
+            "CPU per delivery",
+            f"{agent_per * 1000:.2f} ms",
+            f"{base_per * 1000:.2f} ms",
+            f"{cpu_ratio:.3f}",
+        ],
+        [
+            f"  target agent/baseline <= {CPU_PER_DELIVERY_TARGET:g}",
+            met(agent["cpu_per_delivery_target_met"]),
+            "-",
+            "-",
+        ],
+        [
             "memory: peak RSS",
             _mib(agent["peak_rss_kib"]),
             f"{_mib(base['rss_sum_kib'])} (sum; max one {_mib(base['rss_max_kib'])})",
             ratio(agent["peak_rss_kib"], base["rss_sum_kib"]),
         ],
-        ["agent RSS target < 100 MiB", met(agent["rss_target_met"]), "-", "-"],
+        [f"  agent RSS target <= {_mib(target)}", met(agent["rss_target_met"]), "-", "-"],
+        [
+            f"idle CPU, {agent['idle_connected']} connected and silent, {agent['idle_s']:.0f} s",
+            f"{agent['idle_cpu_percent']:.2f} % of a core",
+            "-",
+            "-",
+        ],
+        [
+            f"  target <= {IDLE_CPU_TARGET_PERCENT:g} % of a core",
+            met(agent["idle_target_met"]),
+            "-",
+            "-",
+        ],
     ]
     print_table(
-        f"(c) {count} simulated domains, unthrottled: one agent vs one process per domain "
-        f"({elapsed:.1f} s)",
+        f"(c) {count} domains, unthrottled, socket guests: one agent vs one process per "
+        f"domain ({elapsed:.1f} s)",
         [
             "",
             "agent (1 process, full protocol)",

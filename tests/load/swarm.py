@@ -80,28 +80,38 @@ KINDS: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
 }
 
 
-def main() -> int:
-    with open(sys.argv[1]) as handle:
-        jobs = json.load(handle)
+def run_guests(
+    jobs: List[Dict[str, Any]], guest: Callable[[int], Dict[str, Any]], deadline: float
+) -> List[Dict[str, Any]]:
+    """``guest(i)`` for every job at once, a thread each, for at most ``deadline`` seconds:
+    each job with its result (``ok``, or the one-sentence ``error`` it failed with)."""
     results: List[Dict[str, Any]] = [
         dict(job, ok=False, error="did not finish in time") for job in jobs
     ]
 
     def run(index: int) -> None:
-        job = jobs[index]
         try:
-            result = KINDS[job.get("kind", "good")](job)
+            result = guest(index)
             result["ok"] = True
-        except P.ChannelError as exc:
+        except (P.ChannelError, OSError) as exc:
             result = {"ok": False, "error": str(exc)}
-        results[index] = dict(job, **result)
+        results[index] = dict(jobs[index], **result)
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(jobs))]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + SWARM_DEADLINE
+    end = time.monotonic() + deadline
     for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(max(0.0, end - time.monotonic()))
+    return results
+
+
+def main() -> int:
+    with open(sys.argv[1]) as handle:
+        jobs = json.load(handle)
+    results = run_guests(
+        jobs, lambda i: KINDS[jobs[i].get("kind", "good")](jobs[i]), SWARM_DEADLINE
+    )
     with open(sys.argv[2], "w") as handle:
         json.dump(results, handle)
     return 0
