@@ -28,17 +28,18 @@ PACKAGE = "xenchannel"
 # What each kind of host runs, as package-relative names; a name ending in / stands for
 # everything under that directory. A guest runs the guest client, the in-guest agent and
 # what the datasource imports (xenchannel.guest), dom0 runs its agent and the store and
-# bundle rules the collection's modules import (xenchannel.dom0); both speak the protocol.
+# bundle rules the collection's modules import (xenchannel.dom0); both speak the protocol
+# and watch paths with inotify.
 # No guest code on dom0, no dom0 code on a guest: each host runs and imports all it has.
 COMPONENTS = {
-    "dom0": ("__init__.py", "protocol.py", "session.py", "dom0/"),
-    "guest": ("__init__.py", "protocol.py", "session.py", "guest/"),
+    "dom0": ("__init__.py", "protocol.py", "session.py", "inotify.py", "dom0/"),
+    "guest": ("__init__.py", "protocol.py", "session.py", "inotify.py", "guest/"),
 }
 # Without these a component cannot run; a collection that lacks them was built or
 # installed wrongly.
 REQUIRED_FILES = {
-    "dom0": ("__init__.py", "protocol.py", "session.py", "dom0/agent.py"),
-    "guest": ("__init__.py", "protocol.py", "session.py", "guest/agent.py"),
+    "dom0": ("__init__.py", "protocol.py", "session.py", "inotify.py", "dom0/agent.py"),
+    "guest": ("__init__.py", "protocol.py", "session.py", "inotify.py", "guest/agent.py"),
 }
 # Python's own caches: never shipped, and left alone where the package is installed.
 CACHE_DIR = "__pycache__"

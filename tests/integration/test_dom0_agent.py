@@ -18,7 +18,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import pytest
 
@@ -581,13 +592,30 @@ def test_a_guest_claiming_another_identity_gets_only_its_own_bundle(env: Env) ->
     run(scenario())
 
 
-def test_domains_added_changed_and_removed_while_running(env: Env) -> None:
+# How the agent follows the store: inotify alone (the full rescan an hour away), no
+# watching at all (every entry every rescan_interval), and a store bigger than the
+# watches allowed (falls back to full scans, and says so).
+FOLLOWING = {
+    "inotify": {"full_rescan_interval": 3600.0},
+    "polling": {"max_store_watches": 0},
+    "over-the-watch-limit": {"max_store_watches": 2, "full_rescan_interval": 3600.0},
+}
+
+
+@pytest.mark.parametrize("following", sorted(FOLLOWING))
+def test_domains_added_changed_and_removed_while_running(
+    env: Env, following: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="xenchannel.dom0")
     write_domain(env.store, "alpha", env.sock("alpha"), make_bundle("iid-a1", "alpha"))
+    write_domain(env.store, "zulu", env.sock("zulu"), make_bundle("iid-z", "zulu"))
 
     async def scenario() -> None:
+        config = env.config(**FOLLOWING[following])
         async with qemu(env.sock("alpha")) as qa, qemu(env.sock("bravo")) as qb, qemu(
             env.sock("alpha2")
-        ) as qa2, running_agent(env.config()) as agent:
+        ) as qa2, running_agent(config) as agent:
+            assert agent.watch.active is (following == "inotify")
             guest_a = await qa.accept()
             session = await guest_a.hello()
             _, first_digest = await guest_a.fetch(session)
@@ -629,6 +657,35 @@ def test_domains_added_changed_and_removed_while_running(env: Env) -> None:
             assert state_of(env, "bravo")["link"] == "stopped"
             assert state_of(env, "alpha")["link"] == "serving"
             assert cli.summarise(state_of(env, "bravo"))["connected"] == "removed"
+
+    run(scenario())
+    off = [r.getMessage() for r in caplog.records if "event=store-watch-off" in r.getMessage()]
+    if following == "over-the-watch-limit":
+        assert len(off) == 1, off  # one warning, naming the setting
+        assert "the store has 2 domains and max_store_watches is 2" in off[0], off
+        assert "scanning the whole store every rescan_interval instead" in off[0], off
+    else:
+        assert off == []  # turning it off is a choice, not a problem
+
+
+def test_a_domain_directory_made_before_its_entry_is_followed(env: Env) -> None:
+    """inotify sees the directory first (its watch is added then) and the entry later."""
+
+    async def scenario() -> None:
+        config = env.config(full_rescan_interval=3600.0)
+        async with qemu(env.sock("late")) as server, running_agent(config) as agent:
+            await wait_until(lambda: agent.ready)
+            # The store appears after the agent started, then a domain directory in it.
+            os.mkdir(env.store, 0o700)
+            await asyncio.sleep(0.3)
+            os.mkdir(os.path.join(env.store, "late"), 0o700)
+            await asyncio.sleep(0.3)  # looked at: no domain.json yet
+            assert "late" not in agent.links
+            write_domain(env.store, "late", env.sock("late"), make_bundle("iid-l", "late"))
+            guest = await server.accept()
+            session = await guest.hello()
+            got, _ = await guest.fetch(session)
+            assert got == make_bundle("iid-l", "late")
 
     run(scenario())
 
@@ -801,10 +858,25 @@ def test_knock_repeats_while_idle(env: Env) -> None:
     write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
 
     async def scenario() -> None:
-        async with qemu(env.sock("web1")) as server, running_agent(env.config(knock_interval=0.2)):
-            guest = await server.accept()
-            await guest.recv(MessageType.KNOCK, timeout=1.0)
-            await guest.recv(MessageType.KNOCK, timeout=1.0)
+        config = env.config(knock_interval=0.2, knock_max_interval=0.8)
+        async with qemu(env.sock("web1")) as server, running_agent(config):
+            guest = await server.accept()  # (takes the KNOCK sent on connect)
+            await guest.recv(MessageType.KNOCK, timeout=1.0)  # 0.2 s of silence later
+            knocks = [time.monotonic()]
+            for _ in range(4):
+                await guest.recv(MessageType.KNOCK, timeout=3.0)
+                knocks.append(time.monotonic())
+            # Unanswered, each waits twice as long as the one before, up to the maximum:
+            # 0.4, 0.8, 0.8, 0.8 s (without the cap the last would be 3.2 s).
+            gaps = [b - a for a, b in zip(knocks, knocks[1:])]
+            assert 0.3 < gaps[0] < 0.7, gaps
+            assert all(0.7 < gap < 1.6 for gap in gaps[1:]), gaps
+            # Once the guest greets it knows the host is there: no more KNOCKs on this
+            # connection (a guest that starts a new client greets by itself).
+            await guest.hello()
+            guest.seen.clear()
+            await asyncio.sleep(2.0)  # more than twice the longest wait
+            assert MessageType.KNOCK not in [f.message_type() for f in guest.seen]
 
     run(scenario())
 
@@ -827,8 +899,10 @@ def test_no_knock_while_a_slow_transfer_streams(env: Env) -> None:
             await guest.recv(MessageType.BUNDLE_END, timeout=10)
             types = [f.message_type() for f in guest.seen]
             assert MessageType.KNOCK not in types
-            # Idle again afterwards: the KNOCKs resume.
-            await guest.recv(MessageType.KNOCK, timeout=2)
+            # Nor afterwards: the guest has a session, it knows the host is there.
+            guest.seen.clear()
+            await asyncio.sleep(0.6)  # three times knock_interval
+            assert MessageType.KNOCK not in [f.message_type() for f in guest.seen]
 
     run(scenario())
 
@@ -990,20 +1064,29 @@ def test_config_file_and_cli_overrides(env: Env) -> None:
         cli.build_config(args)
 
 
-def test_sigterm_exits_cleanly(env: Env) -> None:
-    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+def start_agent_process(env: Env, prefix: Sequence[str] = ()) -> "subprocess.Popen[str]":
+    """``python -m xenchannel.dom0 run`` on ``env``, once its control socket is there."""
     environ = dict(os.environ, PYTHONPATH=str(RUNTIME))
     command = [
-        sys.executable, "-m", "xenchannel.dom0", "run", "--store", env.store,
+        *prefix, sys.executable, "-m", "xenchannel.dom0", "run", "--store", env.store,
         "--state", env.state, "--socket-root", env.sockets, "--control-socket", env.control,
     ]  # fmt: skip
     proc = subprocess.Popen(command, env=environ, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(env.control):
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[1])
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the agent did not start: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_exits_cleanly(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+    proc = start_agent_process(env)
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(env.control):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "the agent did not start"
-            time.sleep(0.05)
         reply = asyncio.run(control_request(env.control, {"op": "ping"}, 5))
         assert reply["ok"] is True
         started = time.monotonic()
@@ -1020,3 +1103,26 @@ def test_sigterm_exits_cleanly(env: Env) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_more_domains_than_open_files_is_one_sentence(env: Env) -> None:
+    """The agent raises its soft limit as far as the hard one goes, then says what to set."""
+    for i in range(40):
+        name = f"vm{i:02d}"
+        write_domain(env.store, name, env.sock(name), make_bundle(f"iid-{i}", name))
+    # util-linux's prlimit sets the limits for the agent alone: 40 domains need 296 files.
+    proc = start_agent_process(env, ["prlimit", "--nofile=64:128", "--"])
+    try:
+        time.sleep(1.5)  # a few rescans: the warning comes once
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    warnings = [line for line in stderr.splitlines() if "event=too-many-domains" in line]
+    assert len(warnings) == 1, stderr[-3000:]
+    assert (
+        "the store has 40 domains but the agent may open only 128 files; domains past that "
+        "cannot connect: raise LimitNOFILE= to at least 296" in warnings[0]
+    )

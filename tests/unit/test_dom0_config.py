@@ -56,6 +56,7 @@ def test_the_get_bundle_rate_is_checked(value: Any) -> None:
         ({"store_dir": "relative"}, "store_dir must be an absolute path"),
         ({"control_socket": "agent.sock"}, "control_socket must be an absolute path"),
         ({"backoff_initial": 6.0}, "backoff_initial must not exceed backoff_max"),
+        ({"knock_interval": 400.0}, "knock_interval must not exceed knock_max_interval"),
         ({"query_timeout": 400.0}, "query_timeout must not exceed max_query_timeout"),
     ],
 )

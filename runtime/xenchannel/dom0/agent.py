@@ -1,7 +1,8 @@
 """The dom0 agent: one asyncio process serving every domain of a host.
 
 The ``Supervisor`` keeps one ``DomainLink`` (``link.py``) per domain of the store
-(``store.py``): it rescans the store every ``rescan_interval``, starting, updating and
+(``store.py``): it follows the store (what ``watch.py``'s inotify reports, at most every
+``rescan_interval``, and all of it every ``full_rescan_interval``), starting, updating and
 stopping links, reads a link's entry when its guest asks for the bundle, owns the state
 recorder (``state.py``) and the control socket (``control.py``), and shuts everything
 down within bounds.  ``run_agent`` runs it until SIGTERM or SIGINT.
@@ -12,8 +13,10 @@ Every wire byte goes through ``xenchannel.protocol`` and ``xenchannel.session``.
 import asyncio
 import logging
 import os
+import resource
 import signal
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from xenchannel import __version__
 from xenchannel.dom0 import LOG, log_event
@@ -27,11 +30,27 @@ from xenchannel.dom0.store import (
     StoreError,
     domain_file,
     load_domain,
+    scan_names,
     scan_store,
     signature_of,
+    valid_domain_name,
 )
+from xenchannel.dom0.watch import StoreWatch
 
 T = TypeVar("T")
+# Open files the agent needs besides one socket per domain: state writes, store reads in
+# load_batch threads, the control socket and its clients, inotify, the log.
+SPARE_FILES = 256
+
+
+async def _first_of(waits: List[Awaitable[Any]], timeout: float) -> None:
+    """Wait for the first of ``waits`` or ``timeout`` seconds; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _load_encoded(store_dir: str, name: str, socket_root: str) -> Tuple[DomainEntry, bytes]:
@@ -53,6 +72,8 @@ class Supervisor:
         self._stop_requested = False
         self._stopping = False
         self.control = ControlServer(self)
+        self.watch = StoreWatch(config.store_dir, config.max_store_watches)
+        self._warned_files = False
         self._first_scan = True
         self.ready = False
 
@@ -108,22 +129,37 @@ class Supervisor:
                 control_socket=self.config.control_socket,
                 restored=len(self.recorder.states),
             )
-            while not self._stop_event.is_set():
-                try:
-                    await self.rescan()
-                except Exception as exc:
-                    # A bug or an I/O error in one rescan must not take every domain down.
-                    log_event(
-                        "-", "rescan-failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"
-                    )
-                    LOG.debug("traceback of the rescan failure", exc_info=True)
-                self.ready = True
-                try:
-                    await asyncio.wait_for(self._stop_event.wait(), self.config.rescan_interval)
-                except asyncio.TimeoutError:
-                    pass
+            await self._follow_store(self._stop_event)
         finally:
+            self.watch.close()
             await self._shutdown()
+
+    async def _follow_store(self, stop: asyncio.Event) -> None:
+        """Keep the links matching the store until ``stop``: what changed, as inotify
+        says, at most once per rescan_interval; everything at the start, when the watch
+        cannot tell, and every full_rescan_interval."""
+        config, watch = self.config, self.watch
+        watch.start()
+        last_full = -float("inf")
+        while not stop.is_set():
+            full, dirty = watch.take()
+            started = time.monotonic()
+            try:
+                if full or not watch.active or started - last_full >= config.full_rescan_interval:
+                    last_full = started
+                    await self.rescan()
+                elif dirty:
+                    await self.rescan_names(dirty)
+            except Exception as exc:
+                # A bug or an I/O error in one rescan must not take every domain down.
+                log_event("-", "rescan-failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+                LOG.debug("traceback of the rescan failure", exc_info=True)
+            self.ready = True
+            # Never look more often than rescan_interval: a burst of writes is one look.
+            await _first_of([stop.wait()], config.rescan_interval)
+            if watch.active and not watch.changed.is_set():
+                until_full = last_full + config.full_rescan_interval - time.monotonic()
+                await _first_of([stop.wait(), watch.changed.wait()], until_full)
 
     async def _shutdown(self) -> None:
         self._stopping = True
@@ -142,9 +178,12 @@ class Supervisor:
     # ------------------------------------------------------------- store
 
     async def rescan(self) -> None:
-        """Start, update and stop links to match the store."""
+        """Start, update and stop links to match the whole store."""
         problems: List[str] = []
-        current = scan_store(self.config.store_dir, problems)
+        directories: Set[str] = set()
+        current = scan_store(self.config.store_dir, problems, directories)
+        self.watch.track(directories)
+        self._check_open_files(len(current))
         fresh = set(problems)
         for problem in sorted(fresh - self._problems):
             log_event("-", "store-problem", logging.WARNING, error=problem)
@@ -157,6 +196,49 @@ class Supervisor:
             for name, state in self.recorder.states.items():
                 if name not in current and state.get("active", True):
                     self.recorder.update(name, active=False, connected=False)
+        await self._apply_scan(current)
+
+    def _check_open_files(self, domains: int) -> None:
+        """One socket per domain: raise the soft limit on open files as far as the hard
+        one allows, and say once, in a sentence, when even that is too few."""
+        need = domains + SPARE_FILES
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= need:
+            return
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (OSError, ValueError):
+                pass
+        if soft < need and not self._warned_files:
+            self._warned_files = True
+            log_event(
+                "-",
+                "too-many-domains",
+                logging.WARNING,
+                error=f"the store has {domains} domains but the agent may open only {soft} "
+                f"files; domains past that cannot connect: raise LimitNOFILE= to at least "
+                f"{need} in the agent's service",
+            )
+
+    async def rescan_names(self, names: Set[str]) -> None:
+        """``rescan`` for the entries the watch reported, and only those."""
+        for name in names:
+            if valid_domain_name(name):
+                self.watch.track_one(name)  # before the stat: no change slips between
+        problems: List[str] = []
+        current = scan_names(self.config.store_dir, sorted(names), problems)
+        for problem in sorted(set(problems) - self._problems):
+            log_event("-", "store-problem", logging.WARNING, error=problem)
+            self._problems.add(problem)
+        for name in [name for name in names if name in self._seen and name not in current]:
+            self._remove(name)
+        await self._apply_scan(current)
+
+    async def _apply_scan(self, current: Dict[str, Signature]) -> None:
+        """Load the scanned entries whose signature changed, a batch at a time."""
         changed = [name for name, sig in sorted(current.items()) if self._seen.get(name) != sig]
         batch_size = self.config.load_batch
         for start in range(0, len(changed), batch_size):

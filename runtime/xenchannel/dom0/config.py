@@ -31,10 +31,17 @@ class AgentConfig:
     socket_root: str
     control_socket: Optional[str]  # None: no control socket
     rescan_interval: float = 1.0
+    # With inotify watching the store, only changed entries are looked at (at most once
+    # per rescan_interval); everything is still rescanned this often, as a safety net.
+    full_rescan_interval: float = 60.0
+    # inotify watches the agent may hold (one per domain, plus the store); 0 turns
+    # watching off, and a bigger store falls back to rescanning everything each time.
+    max_store_watches: int = 65536
     connect_timeout: float = 2.0
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     knock_interval: float = 10.0
+    knock_max_interval: float = 300.0
     query_timeout: float = 5.0
     max_guest_frame: int = 262144
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -74,6 +81,10 @@ class AgentConfig:
                 raise AgentError(f"{key} must be a number of seconds above 0, not {value!r}")
         if self.backoff_initial > self.backoff_max:
             raise AgentError("backoff_initial must not exceed backoff_max")
+        if self.rescan_interval > self.full_rescan_interval:
+            raise AgentError("rescan_interval must not exceed full_rescan_interval")
+        if self.knock_interval > self.knock_max_interval:
+            raise AgentError("knock_interval must not exceed knock_max_interval")
         if self.query_timeout > self.max_query_timeout:
             raise AgentError("query_timeout must not exceed max_query_timeout")
         if not _number(self.get_bundle_rate) or not 0 < self.get_bundle_rate <= 1000:
@@ -94,10 +105,12 @@ def _number(value: object) -> bool:
 # The settings that are waits, and the counted ones with their bounds.
 SECONDS: Tuple[str, ...] = (
     "rescan_interval",
+    "full_rescan_interval",
     "connect_timeout",
     "backoff_initial",
     "backoff_max",
     "knock_interval",
+    "knock_max_interval",
     "query_timeout",
     "skip_log_interval",
     "stable_connection",
@@ -115,4 +128,5 @@ COUNTS: Tuple[Tuple[str, int, int, str], ...] = (
     ("load_batch", 1, 1024, "entries"),
     ("control_max_request", 1024, 16 * 1024 * 1024, "bytes"),
     ("max_query_keys", 1, 1024, "names"),
+    ("max_store_watches", 0, 1000000, "watches"),
 )

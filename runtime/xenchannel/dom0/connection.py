@@ -92,6 +92,10 @@ class Connection:
         try:
             self._knock()
             last_activity = time.monotonic()
+            # KNOCKs repeat only while no guest has greeted on this connection (one that
+            # has knows the host is there), each unanswered one doubling the wait for the
+            # next up to the maximum: thousands of silent guests cost little.
+            knock_gap = config.knock_interval
             while True:
                 if write_task.done():
                     return self.drop_reason or "write-failed"
@@ -100,12 +104,15 @@ class Connection:
                 if outbox.transferring:
                     last_activity = time.monotonic()
                 last_activity = max(last_activity, outbox.progress_at)
-                wait = last_activity + config.knock_interval - time.monotonic()
-                if wait <= 0:
+                wait: Optional[float] = None
+                if machine.state is HostState.KNOCKED:
+                    wait = last_activity + knock_gap - time.monotonic()
+                if wait is not None and wait <= 0:
                     # No guest traffic for a while: a guest that (re)started its client
                     # may be waiting for a hint to greet.
                     self._knock()
                     last_activity = time.monotonic()
+                    knock_gap = min(knock_gap * 2, config.knock_max_interval)
                     self.link.log_skipped()
                     continue
                 if read_task is None:
@@ -143,6 +150,7 @@ class Connection:
                         outbox.cancel_transfer()
                     self.useful = True
                     last_activity = time.monotonic()
+                    knock_gap = config.knock_interval
                     await self._handle(event)
                     self.link.session_state(machine.state)
                 self.link.log_skipped()

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import stat
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from xenchannel.protocol import MAX_BUNDLE_SIZE, Bundle, BundleError, ChannelError
 
@@ -109,12 +109,17 @@ def signature_of(st: os.stat_result) -> Signature:
 # --------------------------------------------------------------------------- scanning
 
 
-def scan_store(store_dir: str, problems: Optional[List[str]] = None) -> Dict[str, Signature]:
+def scan_store(
+    store_dir: str,
+    problems: Optional[List[str]] = None,
+    directories: Optional[Set[str]] = None,
+) -> Dict[str, Signature]:
     """Every domain with a domain.json, by name, with its file signature.
 
-    One scandir and one stat per domain: cheap enough for 1000 domains every second.
-    Entries that are not domains are skipped; if ``problems`` is given, a sentence for
-    each is appended to it (hidden names, such as editors' files, silently).
+    One scandir and one stat per domain.  Entries that are not domains are skipped; if
+    ``problems`` is given, a sentence for each is appended to it (hidden names, such as
+    editors' files, silently).  ``directories`` collects every validly named directory,
+    with or without its domain.json (those are what a watch must cover).
     """
     found: Dict[str, Signature] = {}
     try:
@@ -128,36 +133,72 @@ def scan_store(store_dir: str, problems: Optional[List[str]] = None) -> Dict[str
             problems.append(f"cannot list the store directory {store_dir}: {exc.strerror}")
         return found
     for entry in entries:
-        name = entry.name
-        if name.startswith("."):
-            continue
-        if not valid_domain_name(name):
-            if problems is not None:
-                problems.append(
-                    f"{entry.path} is ignored: {name!r} is not a valid domain name "
-                    "(1 to 64 letters, digits, '_', '.' and '-')"
-                )
-            continue
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
         except OSError:
             is_dir = False
-        if not is_dir:
-            if problems is not None:
-                problems.append(f"{entry.path} is ignored: it is not a directory")
-            continue
-        try:
-            st = os.stat(os.path.join(entry.path, DOMAIN_FILE), follow_symlinks=False)
-        except FileNotFoundError:
-            if problems is not None:
-                problems.append(f"{entry.path} is ignored: it has no {DOMAIN_FILE}")
-            continue
-        except OSError as exc:
-            if problems is not None:
-                problems.append(f"cannot stat {entry.path}/{DOMAIN_FILE}: {exc.strerror}")
-            continue
-        found[name] = signature_of(st)
+        _scan_entry(
+            entry.path, entry.name, is_dir, found=found, problems=problems, directories=directories
+        )
     return found
+
+
+def scan_names(
+    store_dir: str,
+    names: Iterable[str],
+    problems: Optional[List[str]] = None,
+    directories: Optional[Set[str]] = None,
+) -> Dict[str, Signature]:
+    """``scan_store`` for just these names: the ones missing from the result are gone
+    (or not domains)."""
+    found: Dict[str, Signature] = {}
+    for name in names:
+        path = os.path.join(store_dir, name)
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            is_dir = False
+        _scan_entry(path, name, is_dir, found=found, problems=problems, directories=directories)
+    return found
+
+
+def _scan_entry(
+    path: str,
+    name: str,
+    is_dir: bool,
+    *,
+    found: Dict[str, Signature],
+    problems: Optional[List[str]],
+    directories: Optional[Set[str]],
+) -> None:
+    if name.startswith("."):
+        return
+    if not valid_domain_name(name):
+        if problems is not None:
+            problems.append(
+                f"{path} is ignored: {name!r} is not a valid domain name "
+                "(1 to 64 letters, digits, '_', '.' and '-')"
+            )
+        return
+    if not is_dir:
+        if problems is not None:
+            problems.append(f"{path} is ignored: it is not a directory")
+        return
+    if directories is not None:
+        directories.add(name)
+    try:
+        st = os.stat(os.path.join(path, DOMAIN_FILE), follow_symlinks=False)
+    except FileNotFoundError:
+        if problems is not None:
+            problems.append(f"{path} is ignored: it has no {DOMAIN_FILE}")
+        return
+    except OSError as exc:
+        if problems is not None:
+            problems.append(f"cannot stat {path}/{DOMAIN_FILE}: {exc.strerror}")
+        return
+    found[name] = signature_of(st)
 
 
 # --------------------------------------------------------------------------- loading

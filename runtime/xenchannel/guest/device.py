@@ -11,8 +11,6 @@ a deadline.
 Standard library only; runs on Python 3.6 to 3.13.
 """
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -21,16 +19,17 @@ import termios
 import time
 from typing import Any, List, Optional
 
+from xenchannel.inotify import (
+    IN_ATTRIB,
+    IN_CREATE,
+    IN_DELETE_SELF,
+    IN_MOVE_SELF,
+    IN_MOVED_TO,
+    Inotify,
+)
 from xenchannel.protocol import ChannelClosed, ChannelError, ChannelTimeout
 
-_IN_ATTRIB = 0x004
-_IN_MOVED_TO = 0x080
-_IN_CREATE = 0x100
-_IN_DELETE_SELF = 0x400
-_IN_MOVE_SELF = 0x800
-_IN_NONBLOCK = 0o4000
-_IN_CLOEXEC = 0o2000000
-_WATCH_MASK = _IN_ATTRIB | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE_SELF | _IN_MOVE_SELF
+_WATCH_MASK = IN_ATTRIB | IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF
 # Re-check the path at least this often even with inotify: a symlink whose target
 # appears later, or a watch placed on a directory that was just replaced, sends no event.
 _RECHECK = 0.5
@@ -38,30 +37,29 @@ _READ_SIZE = 65536
 
 
 class _Inotify:
-    """Just enough of inotify(7) through ctypes: the standard library has none."""
+    """Wake up when something happens to a path (any event will do: the caller looks)."""
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        self._add_watch = libc.inotify_add_watch
-        self._add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self.fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._inotify = Inotify()
+        self.fd = self._inotify.fd
 
     def watch(self, path: str) -> bool:
-        wd = int(self._add_watch(self.fd, os.fsencode(path), _WATCH_MASK))
-        return wd >= 0
+        try:
+            self._inotify.add_watch(path, _WATCH_MASK)
+        except OSError:
+            return False
+        return True
 
     def wait(self, timeout: float) -> None:
         """Wait for any event (or the timeout) and discard what was read."""
         if _poll(self.fd, select.POLLIN, timeout):
             try:
-                os.read(self.fd, 4096)
+                self._inotify.read_events()
             except OSError:
                 pass
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._inotify.close()
 
 
 def _poll(fd: int, events: int, timeout: float) -> bool:

@@ -24,6 +24,7 @@ PACKAGE: Dict[str, bytes] = {
     "__init__.py": b'"""xenchannel."""\n',
     "protocol.py": b"VERSION = 1\n",
     "session.py": b"class Hello: pass\n",
+    "inotify.py": b"IN_CREATE = 0x100\n",
     "dom0/__init__.py": b"",
     "dom0/agent.py": b"def main():\n    pass\n",
     "guest/__init__.py": b"",
