@@ -115,22 +115,27 @@ class Connection:
                     knock_gap = min(knock_gap * 2, config.knock_max_interval)
                     self.link.log_skipped()
                     continue
-                if read_task is None:
-                    read_task = asyncio.ensure_future(self.reader.read(config.read_size))
-                # asyncio.wait, not wait_for: a timeout must not cancel a read that
-                # already holds data.
-                waiting: List[asyncio.Future[Any]] = [read_task, write_task]
-                done, _pending = await asyncio.wait(
-                    waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                )
-                if read_task not in done:
-                    continue
                 try:
-                    data = read_task.result()
+                    if wait is None and read_task is None:
+                        # With a session there is nothing to time: read, no task and no
+                        # wait set per frame. A failed write closes the transport, and
+                        # that ends this read.
+                        data = await self.reader.read(config.read_size)
+                    else:
+                        if read_task is None:
+                            read_task = asyncio.ensure_future(self.reader.read(config.read_size))
+                        # asyncio.wait, not wait_for: a timeout must not cancel a read that
+                        # already holds data.
+                        waiting: List[asyncio.Future[Any]] = [read_task, write_task]
+                        done, _pending = await asyncio.wait(
+                            waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        if read_task not in done:
+                            continue
+                        task, read_task = read_task, None
+                        data = task.result()
                 except (ConnectionError, OSError) as exc:
                     return self.drop_reason or f"reset ({exc.strerror or exc})"
-                finally:
-                    read_task = None
                 if not data:
                     return self.drop_reason or "eof"
                 for item in decoder.feed(data):
