@@ -99,6 +99,53 @@ class ClientConfig:
         self.max_bundle_size = max_bundle_size
         self.max_frame = max_frame
         self.versions = sorted(versions or PROTOCOL_VERSIONS)
+        self.validate()
+
+    # Every wait, with the range it may take (0: do not wait at all).
+    SECONDS = (
+        ("wait_timeout", 0.0),
+        ("lock_timeout", 0.0),
+        ("connect_timeout", 0.01),
+        ("hello_interval", 0.01),
+        ("hello_max_interval", 0.01),
+        ("idle_timeout", 0.01),
+        ("transfer_timeout", 0.01),
+        ("ack_timeout", 0.01),
+    )
+    MAX_SECONDS = 3600.0
+
+    def validate(self) -> None:
+        """Raise ClientConfigError naming the first unusable setting."""
+        for key, low in self.SECONDS:
+            value = getattr(self, key)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not low <= value <= self.MAX_SECONDS:
+                raise ClientConfigError(
+                    f"{key} must be a number of seconds from {low:g} to "
+                    f"{self.MAX_SECONDS:g}, not {value!r}"
+                )
+        counts = (
+            ("retries", 0, 100),
+            ("max_bundle_size", 1, MAX_BUNDLE_SIZE),
+            ("max_frame", 4096, DEFAULT_MAX_PAYLOAD),
+        )
+        for key, low, high in counts:
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ClientConfigError(
+                    f"{key} must be a whole number from {low} to {high}, not {value!r}"
+                )
+        # Any version numbers: negotiation with the host, not this check, decides which.
+        if not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v < 256 for v in self.versions
+        ):
+            raise ClientConfigError(
+                f"versions must be protocol version numbers, not {self.versions!r}"
+            )
+
+
+class ClientConfigError(ChannelError):
+    """A ``ClientConfig`` setting is unusable; str() names it and its range."""
 
 
 class Session:
