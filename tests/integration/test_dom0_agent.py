@@ -690,6 +690,34 @@ def test_a_domain_directory_made_before_its_entry_is_followed(env: Env) -> None:
     run(scenario())
 
 
+def test_a_domain_directory_replaced_under_its_name_is_followed(env: Env) -> None:
+    """A directory renamed away and a new one made under the same name: the watch must
+    follow the new directory, not the one that left."""
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        config = env.config(full_rescan_interval=3600.0)
+        async with running_agent(config) as agent:
+            await wait_until(lambda: "web1" in agent.links)
+            os.rename(os.path.join(env.store, "web1"), os.path.join(env.store, ".old-web1"))
+            await wait_until(lambda: "web1" not in agent.links)
+            os.mkdir(os.path.join(env.store, "web1"), 0o700)
+            await asyncio.sleep(0.3)  # looked at (no domain.json yet) and watched
+            # The new entry arrives the way a writer puts it there: a file renamed into the
+            # directory, and nothing else touched (write_domain would also chmod the
+            # directory, an event on the store that hides a missing watch).
+            scratch = env.store + "-scratch"
+            write_domain(scratch, "web1", env.sock("web1"), make_bundle("iid-2", "web1"))
+            fresh = os.path.join(env.store, "web1", ".domain.json.tmp")
+            shutil.copy2(os.path.join(scratch, "web1", "domain.json"), fresh)
+            os.replace(fresh, os.path.join(env.store, "web1", "domain.json"))
+            await wait_until(
+                lambda: (state_of(env, "web1").get("bundle") or {}).get("instance_id") == "iid-2"
+            )
+
+    run(scenario())
+
+
 def test_invalid_bundle_is_reported_to_the_guest(env: Env) -> None:
     directory = os.path.join(env.store, "web1")
     write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))

@@ -53,27 +53,24 @@ class StoreWatch:
         self._wds: Dict[str, int] = {}  # domain name -> watch descriptor
         self._dirty: Set[str] = set()
         self._full = True
-        self.problem: Optional[str] = None  # why it stopped watching (then: scan everything)
 
     @property
     def active(self) -> bool:
         """Watching the store: a change will be reported (without this, look every time)."""
         return self._inotify is not None and self._store_wd is not None
 
-    def start(self) -> bool:
-        """Watch the store directory; False (and ``problem`` says why) if it cannot."""
+    def start(self) -> None:
+        """Watch the store directory; if it cannot, ``active`` stays false (and says why)."""
         if self.max_watches < 1:
-            self.problem = "max_store_watches is 0"  # the operator's choice: no warning
-            return False
+            return  # the operator's choice: no warning
         try:
             self._inotify = Inotify()
         except OSError as exc:
             self._give_up(f"inotify is not available ({exc.strerror})")
-            return False
+            return
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._inotify.fd, self._on_readable)
         self._watch_store()
-        return True
 
     def _watch_store(self) -> None:
         assert self._inotify is not None
@@ -152,6 +149,10 @@ class StoreWatch:
                     self._store_wd = None  # the store directory went: rescan, rewatch
                     self._full = True
                 elif event.name and not event.name.startswith("."):
+                    # The entry was made, removed or renamed: a watch held for that name
+                    # may follow another directory now, so drop it; the look that
+                    # follows watches whatever directory has the name.
+                    self._forget(event.name, remove=True)
                     self._dirty.add(event.name)
             else:
                 name = self._names.get(event.wd)
@@ -164,7 +165,6 @@ class StoreWatch:
             self.changed.set()
 
     def _give_up(self, reason: str) -> None:
-        self.problem = reason
         log_event(
             "-",
             "store-watch-off",
