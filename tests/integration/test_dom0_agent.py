@@ -544,6 +544,31 @@ def test_echo_and_garbage_are_ignored(env: Env, caplog: pytest.LogCaptureFixture
     assert "garbage" in skipped[0].getMessage()
 
 
+def test_skipped_bytes_held_back_are_logged_when_due(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage within skip_log_interval of the last summary is summarised when the
+    interval is over, even if the guest then says nothing at all."""
+    caplog.set_level(logging.INFO, logger="xenchannel.dom0")
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    def lines() -> List[str]:
+        return [r.getMessage() for r in caplog.records if "event=skipped" in r.getMessage()]
+
+    async def scenario() -> None:
+        config = env.config(skip_log_interval=0.5)
+        async with qemu(env.sock("web1")) as server, running_agent(config):
+            guest = await server.accept()
+            await guest.hello()  # a session: no KNOCK timer to piggyback on
+            guest.send_raw(b"first burst of noise\n")
+            await wait_until(lambda: len(lines()) == 1)
+            guest.send_raw(b"second burst, within the interval\n")  # held back
+            await wait_until(lambda: len(lines()) == 2)  # then silence: logged when due
+            assert "bytes=34" in lines()[1], lines()
+
+    run(scenario())
+
+
 def test_a_guest_claiming_another_identity_gets_only_its_own_bundle(env: Env) -> None:
     bundle_a = make_bundle("iid-aaa", "alpha")
     bundle_b = make_bundle("iid-bbb", "bravo")

@@ -99,20 +99,21 @@ class Connection:
             while True:
                 if write_task.done():
                     return self.drop_reason or "write-failed"
-                # While a transfer streams the guest is busy receiving and sends nothing;
-                # a KNOCK then would make it abandon the transfer and greet again.
-                if outbox.transferring:
-                    last_activity = time.monotonic()
-                last_activity = max(last_activity, outbox.progress_at)
-                wait: Optional[float] = None
+                # Timed: the next KNOCK (only while no session: a transfer never streams
+                # then), and a summary of skipped bytes held back by its rate limit.
+                now = time.monotonic()
+                knock_at = None
                 if machine.state is HostState.KNOCKED:
-                    wait = last_activity + knock_gap - time.monotonic()
+                    knock_at = last_activity + knock_gap
+                due = [t for t in (knock_at, self.link.skipped_due()) if t is not None]
+                wait = min(due) - now if due else None
                 if wait is not None and wait <= 0:
-                    # No guest traffic for a while: a guest that (re)started its client
-                    # may be waiting for a hint to greet.
-                    self._knock()
-                    last_activity = time.monotonic()
-                    knock_gap = min(knock_gap * 2, config.knock_max_interval)
+                    if knock_at is not None and knock_at <= now:
+                        # No guest traffic for a while: a guest that (re)started its
+                        # client may be waiting for a hint to greet.
+                        self._knock()
+                        last_activity = now
+                        knock_gap = min(knock_gap * 2, config.knock_max_interval)
                     self.link.log_skipped()
                     continue
                 try:

@@ -213,12 +213,19 @@ class DomainLink:
             reason = "other"
         self._skip_reasons[reason] = self._skip_reasons.get(reason, 0) + item.size
 
+    def skipped_due(self) -> Optional[float]:
+        """When a held-back summary of skipped bytes may be logged; None if none is held."""
+        if not self._skip_bytes:
+            return None
+        return self._skip_logged + self.config.skip_log_interval
+
     def log_skipped(self, force: bool = False) -> None:
         """At most one line per skip_log_interval summarising what the decoder dropped."""
         if not self._skip_bytes:
             return
         now = time.monotonic()
-        if not force and now - self._skip_logged < self.config.skip_log_interval:
+        due = self.skipped_due()
+        if not force and due is not None and now < due:
             return
         reasons = ",".join(
             f"{reason}:{size}" for reason, size in sorted(self._skip_reasons.items())

@@ -2,7 +2,6 @@
 
 import asyncio
 import collections
-import time
 from typing import Callable, Deque, Iterable, Iterator, Optional
 
 
@@ -24,7 +23,6 @@ class Outbox:
         self._on_done: Optional[Callable[[], None]] = None
         self.ready = asyncio.Event()
         self.overflow = False
-        self.progress_at = 0.0  # monotonic time of the last transfer frame taken
 
     def put(self, frame: bytes) -> None:
         if len(self._control) >= self.max_frames:
@@ -43,15 +41,10 @@ class Outbox:
         self._transfer = None
         self._on_done = None
 
-    @property
-    def transferring(self) -> bool:
-        return self._transfer is not None
-
     def next_frame(self) -> Optional[bytes]:
         if self._control:
             return self._control.popleft()
         while self._transfer is not None:
-            self.progress_at = time.monotonic()
             try:
                 return next(self._transfer)
             except StopIteration:
