@@ -145,7 +145,7 @@ class Supervisor:
             full, dirty = watch.take()
             started = time.monotonic()
             try:
-                if full or not watch.active or started - last_full >= config.full_rescan_interval:
+                if full or started - last_full >= config.full_rescan_interval:
                     last_full = started
                     await self.rescan()
                 elif dirty:
@@ -183,7 +183,6 @@ class Supervisor:
         directories: Set[str] = set()
         current = scan_store(self.config.store_dir, problems, directories)
         self.watch.track(directories)
-        self._check_open_files(len(current))
         fresh = set(problems)
         for problem in sorted(fresh - self._problems):
             log_event("-", "store-problem", logging.WARNING, error=problem)
@@ -239,6 +238,8 @@ class Supervisor:
 
     async def _apply_scan(self, current: Dict[str, Signature]) -> None:
         """Load the scanned entries whose signature changed, a batch at a time."""
+        # Every look, full or not: domains added between full scans need sockets too.
+        self._check_open_files(len(self._seen.keys() | current.keys()))
         changed = [name for name, sig in sorted(current.items()) if self._seen.get(name) != sig]
         batch_size = self.config.load_batch
         for start in range(0, len(changed), batch_size):
