@@ -178,9 +178,14 @@ class Agent:
 
 
 def wait_until(
-    what: str, predicate: Callable[[], bool], timeout: float, check: Optional[Callable[[], None]]
+    what: str,
+    predicate: Callable[[], bool],
+    timeout: float,
+    check: Optional[Callable[[], None]],
+    interval: float = 0.01,
 ) -> float:
-    """Poll ``predicate`` until true; returns seconds waited, raises BenchError at timeout."""
+    """Poll ``predicate`` every ``interval`` s until true; returns seconds waited, raises
+    BenchError at timeout."""
     start = time.monotonic()
     deadline = start + timeout
     while not predicate():
@@ -188,7 +193,7 @@ def wait_until(
             check()
         if time.monotonic() > deadline:
             raise BenchError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.01)
+        time.sleep(interval)
     return time.monotonic() - start
 
 

@@ -40,6 +40,7 @@ from .harness import (
     make_bundle,
     met,
     print_table,
+    wait_until,
 )
 
 SWARMS = 4
@@ -381,7 +382,15 @@ def with_agent(count: int, idle_seconds: float) -> Dict[str, Any]:
         def connected() -> int:
             return sum(1 for name in names if ws.state_of(name).get("connected") is True)
 
-        connect_s = _poll_until(f"the agent connecting to {count} sockets", connected, count, agent)
+        # Twice a second: each poll reads every state file, and a tighter loop would take
+        # CPU from the agent being measured.
+        connect_s = wait_until(
+            f"the agent connecting to {count} sockets",
+            lambda: connected() == count,
+            120.0,
+            agent.check_alive,
+            interval=0.5,
+        )
         cpu_ready = agent.cpu_seconds()
 
         start = time.monotonic()
@@ -407,7 +416,13 @@ def with_agent(count: int, idle_seconds: float) -> Dict[str, Any]:
             )
 
         try:
-            _poll_until("all deliveries recorded", recorded, len(good), agent, timeout=60.0)
+            wait_until(
+                "all deliveries recorded",
+                lambda: recorded() == len(good),
+                60.0,
+                agent.check_alive,
+                interval=0.5,
+            )
         except BenchError:
             pass
         in_state = recorded()
@@ -447,18 +462,6 @@ def with_agent(count: int, idle_seconds: float) -> Dict[str, Any]:
         for swarm in swarms:
             swarm.stop()
         ws.close()
-
-
-def _poll_until(what: str, count: Any, want: int, agent: Any, timeout: float = 120.0) -> float:
-    """Wait until ``count()`` reaches ``want``; polls twice a second, since each poll reads
-    every state file and a tighter loop would take CPU from the agent being measured."""
-    start = time.monotonic()
-    while count() < want:
-        agent.check_alive()
-        if time.monotonic() - start > timeout:
-            raise BenchError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.5)
-    return time.monotonic() - start
 
 
 # --------------------------------------------------------------------------- section
