@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Dict, List
 
-from tests.load.swarm import CONFIG, run_guests
+from testbed.guest_swarm import CONFIG, run_guests
 from xenchannel.guest import ChannelDevice, GuestClient
 
 ACCEPT_TIMEOUT = 120.0

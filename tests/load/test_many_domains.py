@@ -57,7 +57,7 @@ def test_500_domains_with_hostile_guests():
             outputs.append(os.path.join(stack.root, f"results{n}.json"))
             swarms.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tests.load.swarm", path, outputs[-1]],
+                    [sys.executable, "-m", "testbed.guest_swarm", path, outputs[-1]],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     text=True,

@@ -1,6 +1,6 @@
 """Many guests in one process, one thread each: for the load test and the benchmark.
 
-Usage: ``python -m tests.load.swarm JOBS.json OUT.json``.  Each job is
+Usage: ``python -m testbed.guest_swarm JOBS.json OUT.json``.  Each job is
 ``{"name": domain, "link": device path, "kind": "good" | "garbage" | "oversized" | "silent"}``.
 A good guest runs the whole guest flow (open, handshake, fetch, verify, ack) and records
 ``done``, the ``time.monotonic()`` at which it held the verified bundle (CLOCK_MONOTONIC
