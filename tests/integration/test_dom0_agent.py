@@ -743,6 +743,69 @@ def test_a_domain_directory_replaced_under_its_name_is_followed(env: Env) -> Non
     run(scenario())
 
 
+@pytest.mark.parametrize("cache_bytes", [64 * 1024 * 1024, 0], ids=["cached", "uncached"])
+def test_a_bundle_changed_before_the_agent_looked_is_served_new(env: Env, cache_bytes: int) -> None:
+    """The kept copy is used only while the file is the one it came from: a request
+    that comes before any rescan noticed a change gets the store's bundle of now."""
+    first = make_bundle("iid-c1", "cached")
+    write_domain(env.store, "cached", env.sock("cached"), first)
+
+    async def scenario() -> None:
+        # No watch and no rescan within the test: only the request can notice.
+        config = env.config(
+            max_store_watches=0,
+            rescan_interval=3600.0,
+            full_rescan_interval=3600.0,
+            bundle_cache_bytes=cache_bytes,
+        )
+        async with qemu(env.sock("cached")) as q, running_agent(config) as agent:
+            guest = await q.accept()
+            session = await guest.hello()
+            link = agent.links["cached"]
+            assert (agent.cached_bundle(link) is not None) is (cache_bytes > 0)
+            got, digest = await guest.fetch(session)
+            assert got == first
+            await guest.ack(session, digest)
+
+            changed = make_bundle("iid-c2", "cached", size=4000)
+            write_domain(env.store, "cached", env.sock("cached"), changed)
+            assert agent.cached_bundle(link) is None  # the file is not the kept one's
+            got, digest = await guest.fetch(session, rid=30)
+            assert got == changed
+            await guest.ack(session, digest, rid=31)
+            assert (agent.cached_bundle(link) is not None) is (cache_bytes > 0)
+            await wait_until(lambda: cli.summarise(state_of(env, "cached"))["delivered"] == "yes")
+
+    run(scenario())
+
+
+def test_bundles_past_the_cache_budget_are_read_at_each_request(env: Env) -> None:
+    small, large = make_bundle("iid-s", "small", 1000), make_bundle("iid-l", "large", 9000)
+    write_domain(env.store, "small", env.sock("small"), small)
+    write_domain(env.store, "large", env.sock("large"), large)
+
+    async def scenario() -> None:
+        config = env.config(bundle_cache_bytes=len(small.encode()) + 100)
+        async with qemu(env.sock("small")) as qs, qemu(env.sock("large")) as ql, running_agent(
+            config
+        ) as agent:
+            guests = {"small": await qs.accept(), "large": await ql.accept()}
+            assert agent.cached_bundle(agent.links["small"]) is not None
+            assert agent.cached_bundle(agent.links["large"]) is None
+            for name, expected in (("small", small), ("large", large)):
+                session = await guests[name].hello()
+                got, _ = await guests[name].fetch(session)
+                assert got == expected
+            # Removing a kept bundle's domain gives its bytes back to the budget.
+            remove_domain(env.store, "small")
+            await asyncio.wait_for(guests["small"].eof.wait(), TIMEOUT)
+            write_domain(env.store, "small", env.sock("small"), small)
+            await wait_until(lambda: "small" in agent.links)
+            await wait_until(lambda: agent.cached_bundle(agent.links["small"]) is not None)
+
+    run(scenario())
+
+
 def test_invalid_bundle_is_reported_to_the_guest(env: Env) -> None:
     directory = os.path.join(env.store, "web1")
     write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))

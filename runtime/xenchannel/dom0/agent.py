@@ -53,11 +53,6 @@ async def _first_of(waits: List[Awaitable[Any]], timeout: float) -> None:
             task.cancel()
 
 
-def _load_encoded(store_dir: str, name: str, socket_root: str) -> Tuple[DomainEntry, bytes]:
-    entry = load_domain(store_dir, name, socket_root)
-    return entry, entry.bundle.encode()
-
-
 class Supervisor:
     """All links of a host: the store rescan, the state recorder, the control socket."""
 
@@ -66,6 +61,11 @@ class Supervisor:
         self.recorder = StateRecorder(config.state_dir)
         self.links: Dict[str, DomainLink] = {}
         self._seen: Dict[str, Signature] = {}
+        # Encoded bundles kept for GET_BUNDLE, each with the signature of the file it
+        # came from, within config.bundle_cache_bytes: a request for an unchanged file
+        # is answered without reading, parsing and hashing it again.
+        self._cache: Dict[str, Tuple[Signature, bytes]] = {}
+        self._cache_bytes = 0
         self._problems: Set[str] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop_event: Optional[asyncio.Event] = None
@@ -248,13 +248,11 @@ class Supervisor:
             batch = changed[start : start + batch_size]
             await asyncio.gather(*(self._reload(name, current[name]) for name in batch))
 
-    async def _reload(self, name: str, scanned: Signature) -> Optional[Tuple[DomainEntry, bytes]]:
+    async def _reload(self, name: str, scanned: Signature) -> Optional[DomainEntry]:
         """Load one entry off the loop and apply it; the entry, or None if unusable."""
         config = self.config
         try:
-            loaded = await self._in_thread(
-                _load_encoded, config.store_dir, name, config.socket_root
-            )
+            loaded = await self._in_thread(load_domain, config.store_dir, name, config.socket_root)
         except StoreError as exc:
             if not self._stopping:
                 self._apply_error(name, exc, scanned)
@@ -266,7 +264,7 @@ class Supervisor:
                 self._apply_error(name, error, scanned)
             return None
         if not self._stopping:
-            self._apply_entry(loaded[0])
+            self._apply_entry(loaded)
         return loaded
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
@@ -285,9 +283,30 @@ class Supervisor:
         if link is None:
             link = self._new_link(entry.name, entry.socket)
         link.set_entry(entry)
+        self._uncache(entry.name)
+        if self._cache_bytes + entry.size <= self.config.bundle_cache_bytes:
+            self._cache[entry.name] = (entry.signature, entry.encoded)
+            self._cache_bytes += entry.size
+
+    def _uncache(self, name: str) -> None:
+        cached = self._cache.pop(name, None)
+        if cached is not None:
+            self._cache_bytes -= len(cached[1])
+
+    def cached_bundle(self, link: DomainLink) -> Optional[Tuple[str, str, bytes]]:
+        """(socket, digest, encoded bundle) of the link's entry, if the agent holds it
+        and the file is still the one it came from (one stat); else None: load_for."""
+        cached = self._cache.get(link.name)
+        bundle = link.bundle
+        if cached is None or bundle is None or self.links.get(link.name) is not link:
+            return None
+        if self._stat(link.name) != cached[0]:
+            return None
+        return link.socket, bundle.digest, cached[1]
 
     def _apply_error(self, name: str, exc: StoreError, scanned: Signature) -> None:
         self._seen[name] = scanned
+        self._uncache(name)
         message = str(exc)
         link = self.links.get(name)
         if exc.socket is not None:
@@ -306,6 +325,7 @@ class Supervisor:
 
     def _remove(self, name: str) -> None:
         self._seen.pop(name, None)
+        self._uncache(name)
         link = self.links.pop(name, None)
         if link is not None:
             link.request_close("removed")
@@ -313,12 +333,12 @@ class Supervisor:
         if name in self.recorder.states:
             self.recorder.update(name, active=False, connected=False)
 
-    async def load_for(self, link: DomainLink) -> Tuple[DomainEntry, bytes]:
-        """The link's store entry and encoded bundle, read now (for GET_BUNDLE)."""
+    async def load_for(self, link: DomainLink) -> DomainEntry:
+        """The link's store entry, read now (for GET_BUNDLE)."""
         config = self.config
         try:
-            entry, encoded = await self._in_thread(
-                _load_encoded, config.store_dir, link.name, config.socket_root
+            entry = await self._in_thread(
+                load_domain, config.store_dir, link.name, config.socket_root
             )
         except StoreError as exc:
             signature = self._stat(link.name)
@@ -332,13 +352,18 @@ class Supervisor:
             raise
         if self.links.get(link.name) is link and self._seen.get(link.name) != entry.signature:
             self._apply_entry(entry)
-        return entry, encoded
+        return entry
 
-    async def refresh(self, link: DomainLink) -> None:
-        """Reload the link's entry if its file changed since the last scan (one stat)."""
+    def changed(self, link: DomainLink) -> Optional[Signature]:
+        """The signature of the link's file if it changed since it was last loaded (one
+        stat); None if unchanged, or gone (the rescan handles removal)."""
         signature = self._stat(link.name)
         if signature is None or self._seen.get(link.name) == signature:
-            return  # unchanged, or gone: the rescan handles removal
+            return None
+        return signature if self.links.get(link.name) is link else None
+
+    async def reload(self, link: DomainLink, signature: Signature) -> None:
+        """Load the link's changed entry (``changed`` said so) and apply it."""
         if self.links.get(link.name) is link:
             await self._reload(link.name, signature)
 

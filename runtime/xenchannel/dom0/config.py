@@ -60,6 +60,9 @@ class AgentConfig:
     shutdown_timeout: float = 3.0
     # Store entries read at once in a rescan (each in a thread).
     load_batch: int = 16
+    # Encoded bundles the agent keeps between requests, in bytes in all; a bundle past
+    # this is read from the store at each request instead.  0 keeps none.
+    bundle_cache_bytes: int = 64 * 1024 * 1024
     control_max_request: int = 64 * 1024
     control_read_timeout: float = 5.0
     max_query_timeout: float = 300.0
@@ -126,6 +129,7 @@ COUNTS: Tuple[Tuple[str, int, int, str], ...] = (
     ("max_queued_frames", 16, 65536, "frames"),
     ("read_size", 4096, 16 * 1024 * 1024, "bytes"),
     ("load_batch", 1, 1024, "entries"),
+    ("bundle_cache_bytes", 0, 1 << 40, "bytes"),
     ("control_max_request", 1024, 16 * 1024 * 1024, "bytes"),
     ("max_query_keys", 1, 1024, "names"),
     ("max_store_watches", 0, 1000000, "watches"),

@@ -1,16 +1,23 @@
-"""One connect to a domain's channel socket: read and write loops around the host's
+"""One connect to a domain's channel socket: an asyncio protocol around the host's
 session machine (``session.HostSession``), which holds every rule of what to answer.
 
 A ``Connection`` lives as long as the socket connection: it KNOCKs, feeds what it
 reads to the machine, acts on the events that come back (reading the store through the
 supervisor, recording through its link) and writes the answers through an ``Outbox``.
 It ends on EOF, a read or write error, an overflowing outbox or a drop by its link.
+
+It is a protocol, not a pair of stream tasks, because an agent holds one per running
+domain: thousands of them, mostly silent.  A silent connection costs its transport, its
+machine and at most one timer; it reads into one buffer shared by every connection (a
+callback runs to completion before the next read, so nothing else can be using it).  A
+task exists only while a guest's request waits for a thread or a pacing delay, and
+reading pauses meanwhile, so the guest's frames are still handled in order.
 """
 
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Dict, List, Optional, Union
 
 from xenchannel.dom0 import LOG, log_event
 from xenchannel.dom0.outbox import Outbox
@@ -21,6 +28,7 @@ from xenchannel.protocol import (
     ERR_VERSION,
     PROTOCOL_VERSIONS,
     ChannelTimeout,
+    Frame,
     FrameDecoder,
     Skipped,
     new_nonce,
@@ -45,22 +53,34 @@ from xenchannel.session import (
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from xenchannel.dom0.link import DomainLink
+    from xenchannel.dom0.store import Signature
 
 MSG_NO_BUNDLE = "dom0 has no usable metadata for this domain; the agent's status says why"
 MSG_MOVING = "this domain's store entry now names another socket; the agent is moving there"
+MSG_NOT_READING = "guest is not reading its replies"
+
+# The read buffer every connection shares, by size (see the module's docstring).
+_READ_BUFFERS: Dict[int, memoryview] = {}
+
+# What a handler returns: None when it finished at once, else the rest of its work.
+Work = Optional[Awaitable[None]]
 
 
-class Connection:
+def _read_buffer(size: int) -> memoryview:
+    buffer = _READ_BUFFERS.get(size)
+    if buffer is None:
+        buffer = _READ_BUFFERS[size] = memoryview(bytearray(size))
+    return buffer
+
+
+class Connection(asyncio.BufferedProtocol):
     """One connection of a domain's link, from connect to close."""
 
-    def __init__(
-        self, link: "DomainLink", reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, link: "DomainLink") -> None:
         config = link.config
         self.link = link
         self.name = link.name
         self.config = config
-        self.reader, self.writer = reader, writer
         self.started = time.monotonic()
         self.outbox = Outbox(config.max_queued_frames)
         # A new id per connect: a guest tells a late KNOCK of the connection its session
@@ -74,120 +94,210 @@ class Connection:
         )
         self.drop_reason: Optional[str] = None
         self.useful = False  # a valid frame arrived: worth resetting the back-off
+        self.transport: Optional[asyncio.Transport] = None
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._buffer = _read_buffer(config.read_size)
+        self._decoder = FrameDecoder(config.max_guest_frame)
+        # What one read decoded, and how far it is handled (a list and an index, not a
+        # deque: most connections hold none, and an empty deque is ten times a list).
+        self._items: List[Union[Frame, Skipped]] = []
+        self._next_item = 0
+        self._busy: Optional[asyncio.Future[None]] = None
+        self._writing_paused = False
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._last_activity = self.started
+        # KNOCKs repeat only while no guest has greeted on this connection (one that has
+        # knows the host is there), each unanswered one doubling the wait for the next up
+        # to the maximum: thousands of silent guests cost little.
+        self._knock_gap = config.knock_interval
         self._pending: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
 
     def drop(self, reason: str) -> None:
-        """Close the connection; ``run`` ends with ``reason``."""
-        self.drop_reason = reason
-        self.writer.close()
-
-    # ------------------------------------------------------------- loops
+        """Close the connection; ``ended`` gets ``reason``."""
+        if self.drop_reason is None:
+            self.drop_reason = reason
+        if self.transport is not None:
+            self.transport.close()
 
     async def run(self) -> str:
-        """Serve until the connection ends; why it ended."""
-        config, outbox, machine = self.config, self.outbox, self.machine
-        decoder = FrameDecoder(config.max_guest_frame)
-        write_task = asyncio.ensure_future(self._write_loop())
-        read_task: Optional[asyncio.Future[bytes]] = None
-        try:
-            self._knock()
-            last_activity = time.monotonic()
-            # KNOCKs repeat only while no guest has greeted on this connection (one that
-            # has knows the host is there), each unanswered one doubling the wait for the
-            # next up to the maximum: thousands of silent guests cost little.
-            knock_gap = config.knock_interval
-            while True:
-                if write_task.done():
-                    return self.drop_reason or "write-failed"
-                # Timed: the next KNOCK (only while no session: a transfer never streams
-                # then), and a summary of skipped bytes held back by its rate limit.
-                now = time.monotonic()
-                knock_at = None
-                if machine.state is HostState.KNOCKED:
-                    knock_at = last_activity + knock_gap
-                due = [t for t in (knock_at, self.link.skipped_due()) if t is not None]
-                wait = min(due) - now if due else None
-                if wait is not None and wait <= 0:
-                    if knock_at is not None and knock_at <= now:
-                        # No guest traffic for a while: a guest that (re)started its
-                        # client may be waiting for a hint to greet.
-                        self._knock()
-                        last_activity = now
-                        knock_gap = min(knock_gap * 2, config.knock_max_interval)
-                    self.link.log_skipped()
-                    continue
-                try:
-                    if wait is None and read_task is None:
-                        # With a session there is nothing to time: read, no task and no
-                        # wait set per frame. A failed write closes the transport, and
-                        # that ends this read.
-                        data = await self.reader.read(config.read_size)
-                    else:
-                        if read_task is None:
-                            read_task = asyncio.ensure_future(self.reader.read(config.read_size))
-                        # asyncio.wait, not wait_for: a timeout must not cancel a read that
-                        # already holds data.
-                        waiting: List[asyncio.Future[Any]] = [read_task, write_task]
-                        done, _pending = await asyncio.wait(
-                            waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        if read_task not in done:
-                            continue
-                        task, read_task = read_task, None
-                        data = task.result()
-                except (ConnectionError, OSError) as exc:
-                    return self.drop_reason or f"reset ({exc.strerror or exc})"
-                if not data:
-                    return self.drop_reason or "eof"
-                for item in decoder.feed(data):
-                    if isinstance(item, Skipped):
-                        self.link.note_skipped(item)
-                        answer = machine.oversized(item)
-                        if answer is not None:
-                            outbox.put(answer)
-                        continue
-                    event = machine.receive(item, time.monotonic())
-                    if isinstance(event, Echoed):
-                        # Our own frames echoed by a guest tty in cooked mode.
-                        self.link.echoes_ignored += 1
-                        continue
-                    if machine.state is not HostState.SENDING:
-                        # A new handshake or a refused one ended the session's transfer.
-                        outbox.cancel_transfer()
-                    self.useful = True
-                    last_activity = time.monotonic()
-                    knock_gap = config.knock_interval
-                    await self._handle(event)
-                    self.link.session_state(machine.state)
-                self.link.log_skipped()
-                if outbox.overflow:
-                    return "guest is not reading its replies"
-        finally:
-            if read_task is not None:
-                read_task.cancel()
-            write_task.cancel()
-            outbox.cancel_transfer()
-            self.writer.close()
+        """Wait until the connection ends; why it ended."""
+        return await self.ended
 
-    async def _write_loop(self) -> None:
-        outbox, writer = self.outbox, self.writer
+    # ------------------------------------------------------------- the transport's calls
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # The link owns the connection from now: the guest's first frames may be read
+        # before the coroutine that connected runs again.
+        self.link.attach(self)
+        self._knock()
+        self._arm_timer()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        items = self._decoder.feed(bytes(self._buffer[:nbytes]))
+        if self._next_item < len(self._items):
+            self._items.extend(items)  # only while a request waits (reading is paused)
+        else:
+            self._items, self._next_item = items, 0
+        self._process()
+
+    def eof_received(self) -> bool:
+        return False  # close: QEMU closed its end (the VM shut down)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._busy is not None:
+            self._busy.cancel()
+        self.outbox.cancel_transfer()
+        self._items, self._next_item = [], 0
+        if exc is None:
+            reason = self.drop_reason or "eof"
+        else:
+            reason = self.drop_reason or f"reset ({getattr(exc, 'strerror', None) or exc})"
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._pump()
+
+    # ------------------------------------------------------------- reading
+
+    def _process(self) -> None:
+        """Handle the frames read so far, in order, until one needs to wait."""
+        machine, link = self.machine, self.link
+        while self._next_item < len(self._items) and self._busy is None:
+            if self.ended.done():
+                return
+            item = self._items[self._next_item]
+            self._next_item += 1
+            if isinstance(item, Skipped):
+                link.note_skipped(item)
+                answer = machine.oversized(item)
+                if answer is not None:
+                    self._put(answer)
+                continue
+            event = machine.receive(item, time.monotonic())
+            if isinstance(event, Echoed):
+                # Our own frames echoed by a guest tty in cooked mode.
+                link.echoes_ignored += 1
+                continue
+            if machine.state is not HostState.SENDING:
+                # A new handshake or a refused one ended the session's transfer.
+                self.outbox.cancel_transfer()
+            self.useful = True
+            self._last_activity = time.monotonic()
+            self._knock_gap = self.config.knock_interval
+            work = self._handle(event)
+            if work is not None:
+                self._wait_for(work)
+                return
+            link.session_state(machine.state)
+        if self.ended.done() or self._busy is not None:
+            return
+        self._items, self._next_item = [], 0
+        link.log_skipped()
+        self._arm_timer()
+        if self.outbox.overflow:
+            self.drop(MSG_NOT_READING)
+
+    def _wait_for(self, work: Awaitable[None]) -> None:
+        """Run the rest of a request's handling; read nothing more until it is done."""
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._busy = asyncio.ensure_future(self._finish(work))
+
+    async def _finish(self, work: Awaitable[None]) -> None:
         try:
-            while not outbox.overflow:
-                frame = outbox.next_frame()
-                if frame is None:
-                    outbox.ready.clear()
-                    await outbox.ready.wait()
-                    continue
-                writer.write(frame)
-                await writer.drain()
-        except (ConnectionError, OSError) as exc:
-            if self.drop_reason is None:
-                self.drop_reason = f"write failed ({exc.strerror or exc})"
-        writer.close()
+            await self._guarded(work)
+        finally:
+            self._busy = None
+        if self.ended.done() or self.transport is None:
+            return
+        self.link.session_state(self.machine.state)
+        self.transport.resume_reading()
+        self._process()
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._internal_error("request", exc)
+
+    def _internal_error(self, what: str, exc: Exception) -> None:
+        # A bug here must cost one request, never the domain's connection.
+        log_event(
+            self.name,
+            "internal-error",
+            logging.ERROR,
+            message=what,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        LOG.debug("traceback of the internal error", exc_info=True)
+
+    # ------------------------------------------------------------- timer
+
+    def _arm_timer(self) -> None:
+        """One timer: the next KNOCK (only while no session: a transfer never streams
+        then), and a summary of skipped bytes held back by its rate limit."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        knock_at = None
+        if self.machine.state is HostState.KNOCKED:
+            knock_at = self._last_activity + self._knock_gap
+        due = [t for t in (knock_at, self.link.skipped_due()) if t is not None]
+        if due:
+            # The loop's clock is time.monotonic(), the clock of every time here.
+            self._timer = asyncio.get_running_loop().call_at(min(due), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.ended.done():
+            return
+        now = time.monotonic()
+        knocked = self.machine.state is HostState.KNOCKED
+        if knocked and self._last_activity + self._knock_gap <= now:
+            # No guest traffic for a while: a guest that (re)started its client may be
+            # waiting for a hint to greet.
+            self._knock()
+            self._last_activity = now
+            self._knock_gap = min(self._knock_gap * 2, self.config.knock_max_interval)
+        self.link.log_skipped()
+        self._arm_timer()
+
+    # ------------------------------------------------------------- writing
+
+    def _put(self, frame: bytes) -> None:
+        self.outbox.put(frame)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand the transport what waits, while it takes more (its buffer below the
+        high-water mark): so a transfer holds one frame at a time beyond the bundle."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        outbox = self.outbox
+        while not self._writing_paused and not outbox.overflow:
+            frame = outbox.next_frame()
+            if frame is None:
+                return
+            transport.write(frame)
 
     def _knock(self) -> None:
         log_event(self.name, "knock", logging.DEBUG)
-        self.outbox.put(self.machine.knock())
+        self._put(self.machine.knock())
 
     def close(self, exc: Exception) -> None:
         """Fail every query still waiting for this connection with ``exc``."""
@@ -198,19 +308,20 @@ class Connection:
 
     # ------------------------------------------------------------- messages
 
-    async def _handle(self, event: Event) -> None:
-        """Act on what the session machine made of a guest frame."""
+    def _handle(self, event: Event) -> Work:
+        """Act on what the session machine made of a guest frame; the rest of the work
+        if it must wait (for the store, or for a paced request's turn)."""
         try:
             if isinstance(event, Greeted):
                 self._on_greeted(event)
             elif isinstance(event, Refused):
                 self._on_refused(event)
             elif isinstance(event, BundleRequested):
-                await self._on_bundle_requested(event)
+                return self._on_bundle_requested(event)
             elif isinstance(event, DeliveryReported):
-                await self._on_delivery(event)
+                return self._after_refresh(self._on_delivery, event)
             elif isinstance(event, StatusReported):
-                await self._on_status(event)
+                return self._after_refresh(self._on_status, event)
             elif isinstance(event, QueryAnswered):
                 self._settle(event.request_id, event.answers, None)
             elif isinstance(event, QueryFailed):
@@ -220,21 +331,27 @@ class Connection:
                     self.name, "guest-error", logging.WARNING, code=event.code, error=event.message
                 )
                 self.link.record_error(f"guest reported {event.code}: {event.message}")
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
-            # A bug here must cost one request, never the domain's connection.
-            log_event(
-                self.name,
-                "internal-error",
-                logging.ERROR,
-                message=type(event).__name__,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            LOG.debug("traceback of the internal error", exc_info=True)
+            self._internal_error(type(event).__name__, exc)
+        return None
+
+    def _after_refresh(self, handler: Any, event: Event) -> Work:
+        """``handler(event)`` once the link's store entry is current: at once if its file
+        is unchanged (one stat), else after reloading it."""
+        supervisor = self.link.supervisor
+        changed = supervisor.changed(self.link)
+        if changed is None:
+            handler(event)
+            return None
+        return self._reload_then(changed, handler, event)
+
+    async def _reload_then(self, changed: "Signature", handler: Any, event: Event) -> None:
+        await self.link.supervisor.reload(self.link, changed)
+        if not self.ended.done():
+            handler(event)
 
     def _on_greeted(self, event: Greeted) -> None:
-        self.outbox.put(event.reply)
+        self._put(event.reply)
         if event.repeated:
             log_event(self.name, "hello-repeated", logging.DEBUG)
             return
@@ -245,7 +362,7 @@ class Connection:
         log_event(self.name, "handshake", version=event.version, guest_agent=guest_agent)
 
     def _on_refused(self, event: Refused) -> None:
-        self.outbox.put(event.reply)
+        self._put(event.reply)
         if event.code == ERR_VERSION:
             log_event(self.name, "version-mismatch", logging.WARNING, error=event.message)
             self.link.record_error(event.message)
@@ -262,30 +379,54 @@ class Connection:
         if event.record:
             self.link.record_error(f"{event.message_type}: {event.message}")
 
-    async def _on_bundle_requested(self, event: BundleRequested) -> None:
-        machine, link = self.machine, self.link
+    def _on_bundle_requested(self, event: BundleRequested) -> Work:
         if event.delay > 0:
-            await asyncio.sleep(event.delay)
+            return self._bundle_later(event)
+        cached = self.link.supervisor.cached_bundle(self.link)
+        if cached is None:
+            return self._bundle_from_store(event)
+        self._send_bundle(event, *cached)
+        return None
+
+    async def _bundle_later(self, event: BundleRequested) -> None:
+        await asyncio.sleep(event.delay)
+        cached = self.link.supervisor.cached_bundle(self.link)
+        if cached is None:
+            await self._bundle_from_store(event)
+        elif not self.ended.done():
+            self._send_bundle(event, *cached)
+
+    async def _bundle_from_store(self, event: BundleRequested) -> None:
+        link = self.link
         try:
-            entry, encoded = await link.supervisor.load_for(link)
+            entry = await link.supervisor.load_for(link)
         except StoreError as exc:
             # The full sentence (with dom0's paths) is in the log and the state record.
             message = exc.guest_message or MSG_NO_BUNDLE
-            self._on_refused(machine.refuse(event.request_id, ERR_NO_BUNDLE, message, "GET_BUNDLE"))
+            self._on_refused(
+                self.machine.refuse(event.request_id, ERR_NO_BUNDLE, message, "GET_BUNDLE")
+            )
             return
+        if not self.ended.done():
+            self._send_bundle(event, entry.socket, entry.digest, entry.encoded)
+
+    def _send_bundle(
+        self, event: BundleRequested, socket: str, digest: str, encoded: bytes
+    ) -> None:
+        machine, link = self.machine, self.link
         if link.connection is not self:
             return  # the connection ended while the store was read
-        if entry.socket != link.socket:
+        if socket != link.socket:
             self._on_refused(
                 machine.refuse(event.request_id, ERR_NO_BUNDLE, MSG_MOVING, "GET_BUNDLE")
             )
             return
-        sending = machine.send_bundle(event, encoded, entry.digest, self.config.chunk_size)
+        sending = machine.send_bundle(event, encoded, digest, self.config.chunk_size)
         if sending is None:
             return  # the session ended while the store was read
         frames, first, chunks = sending
         started = time.monotonic()
-        digest, size = entry.digest, len(encoded)
+        size = len(encoded)
 
         def sent() -> None:
             machine.transfer_done()
@@ -302,10 +443,10 @@ class Connection:
 
         log_event(self.name, "bundle-requested", logging.DEBUG, sha256=digest, first=first)
         self.outbox.start_transfer(frames, sent)
+        self._pump()
 
-    async def _on_delivery(self, event: DeliveryReported) -> None:
+    def _on_delivery(self, event: DeliveryReported) -> None:
         link = self.link
-        await link.supervisor.refresh(link)
         bundle = link.bundle
         result = self.machine.confirm_delivery(event, bundle.digest if bundle else None)
         if not isinstance(result, Delivered) or bundle is None:
@@ -324,7 +465,7 @@ class Connection:
                 "count": count,
             }
         )
-        self.outbox.put(result.reply)
+        self._put(result.reply)
         log_event(
             self.name,
             "delivered",
@@ -333,11 +474,10 @@ class Connection:
             count=count,
         )
 
-    async def _on_status(self, event: StatusReported) -> None:
+    def _on_status(self, event: StatusReported) -> None:
         link = self.link
         status = event.status
         state, reason, instance_id = status.state, status.reason, status.instance_id
-        await link.supervisor.refresh(link)
         ours = link.bundle.instance_id if link.bundle is not None else None
         mismatch = instance_id is not None and instance_id != ours
         link.record(
@@ -358,7 +498,7 @@ class Connection:
                 message = f"guest reported instance-id {shown} but this domain's bundle has {ours}"
             link.record_error(message)
             log_event(self.name, "status-mismatch", logging.WARNING, error=message)
-        self.outbox.put(self.machine.acknowledge(event.request_id))
+        self._put(self.machine.acknowledge(event.request_id))
         log_event(
             self.name,
             "status",
@@ -386,7 +526,9 @@ class Connection:
         rid, frame = self.machine.query(what)
         future: asyncio.Future[Dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self.outbox.put(frame)
+        self._put(frame)
+        if self.outbox.overflow:
+            self.drop(MSG_NOT_READING)
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:

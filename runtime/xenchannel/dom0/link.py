@@ -84,7 +84,10 @@ class DomainLink:
         self.state: Optional[LinkState] = None
         self.echoes_ignored = 0
         self._task: Optional[asyncio.Task[None]] = None
-        self._wake = asyncio.Event()
+        # Set to cut a back-off short (the socket moved); a future only while pausing: an
+        # asyncio.Event per link would cost a deque each, for thousands of links.
+        self._woken = False
+        self._waker: Optional[asyncio.Future[None]] = None
         self._closing = False
         self._close_reason = "stopped"
         self._reset_backoff = False
@@ -170,7 +173,7 @@ class DomainLink:
         self.record(socket=socket)
         self._reset_backoff = True
         self._drop("socket-changed")
-        self._wake.set()
+        self._wake()
 
     def _drop(self, reason: str) -> None:
         """Close the current connection; it ends with ``reason``."""
@@ -258,9 +261,7 @@ class DomainLink:
                     self._enter(LinkState.WAITING, "waiting", socket=path)
                 else:
                     try:
-                        reader, writer = await asyncio.wait_for(
-                            asyncio.open_unix_connection(path), config.connect_timeout
-                        )
+                        connection = await self._connect(path)
                     except asyncio.TimeoutError:
                         self._enter(
                             LinkState.UNREACHABLE,
@@ -278,7 +279,7 @@ class DomainLink:
                             error=exc.strerror or str(exc),
                         )
                     else:
-                        if await self._serve(reader, writer):
+                        if await self._serve(connection):
                             backoff = config.backoff_initial
                         # (A method, not the attribute: mypy would keep the narrowing
                         # from the loop condition across the await.)
@@ -298,21 +299,57 @@ class DomainLink:
 
     async def _pause(self, delay: float) -> None:
         """Sleep ``delay`` with jitter (so 1000 links do not retry in step), or until woken."""
-        if self._wake.is_set():
-            self._wake.clear()
+        if self._woken:
+            self._woken = False
             return
+        loop = asyncio.get_running_loop()
+        waker = self._waker = loop.create_future()
+        timer = loop.call_later(delay * random.uniform(0.5, 1.0), self._wake)  # noqa: S311
         try:
-            await asyncio.wait_for(self._wake.wait(), delay * random.uniform(0.5, 1.0))  # noqa: S311
-        except asyncio.TimeoutError:
-            pass
-        self._wake.clear()
+            await waker
+        finally:
+            timer.cancel()
+            self._waker = None
+            self._woken = False
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        """Run one connection until it ends; True if it was worth resetting the back-off."""
-        connection = Connection(self, reader, writer)
+    def _wake(self) -> None:
+        """End a pause now, or the next one at once."""
+        if self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
+        else:
+            self._woken = True
+
+    async def _connect(self, path: str) -> Connection:
+        """Connect to the socket, within connect_timeout; the connection has KNOCKed."""
+        made: List[Connection] = []
+
+        def factory() -> Connection:
+            made.append(Connection(self))
+            return made[-1]
+
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, connection = await asyncio.wait_for(
+                loop.create_unix_connection(factory, path), self.config.connect_timeout
+            )
+        except BaseException:
+            # Connected just as the wait ended: no connection may stay open unowned.
+            for orphan in made:
+                orphan.drop("connect-abandoned")
+                if self.connection is orphan:
+                    self.connection = None
+                    self.record(connected=False, disconnected_at=now_iso())
+            raise
+        return connection
+
+    def attach(self, connection: Connection) -> None:
+        """``connection`` is open (it calls this before it reads anything)."""
         self.connection = connection
         self._enter(LinkState.KNOCKED, "connected", socket=self.socket)
         self.record(connected=True, connected_at=now_iso(), socket=self.socket)
+
+    async def _serve(self, connection: Connection) -> bool:
+        """Run one connection until it ends; True if it was worth resetting the back-off."""
         reason = "eof"
         try:
             reason = await connection.run()

@@ -1,27 +1,26 @@
-"""Frames waiting for one connection's writer task, with back-pressure."""
+"""Frames waiting for one connection's transport, with back-pressure."""
 
-import asyncio
-import collections
-from typing import Callable, Deque, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, List, Optional
 
 
 class Outbox:
-    """Frames waiting for one connection's writer task.
+    """Frames waiting for one connection's transport.
 
-    Short messages go first; a bundle transfer is pulled one frame at a time, each
-    written only after the previous one drained.  So the reader never waits for the
-    channel (a tty echoing our bytes back could otherwise deadlock us), the write side
-    has backpressure, and at most one chunk per transfer is in memory beyond the
+    Short messages go first; a bundle transfer is pulled one frame at a time, and only
+    while the transport's buffer is below its high-water mark.  So the reader never
+    waits for the channel (a tty echoing our bytes back could otherwise deadlock us),
+    the write side has backpressure, and little of a transfer is in memory beyond the
     encoded bundle.  More than ``max_frames`` short messages waiting means the guest
     does not read: ``overflow`` tells the connection to drop it.
     """
 
     def __init__(self, max_frames: int) -> None:
         self.max_frames = max_frames
-        self._control: Deque[bytes] = collections.deque()
+        # A list, not a deque: an agent holds thousands of these, nearly all empty, and
+        # an empty deque costs ten times an empty list; it never holds more than max_frames.
+        self._control: List[bytes] = []
         self._transfer: Optional[Iterator[bytes]] = None
         self._on_done: Optional[Callable[[], None]] = None
-        self.ready = asyncio.Event()
         self.overflow = False
 
     def put(self, frame: bytes) -> None:
@@ -29,13 +28,11 @@ class Outbox:
             self.overflow = True
         else:
             self._control.append(frame)
-        self.ready.set()
 
     def start_transfer(self, frames: Iterable[bytes], on_done: Callable[[], None]) -> None:
         # A new GET_BUNDLE supersedes one still streaming: the guest started over.
         self._transfer = iter(frames)
         self._on_done = on_done
-        self.ready.set()
 
     def cancel_transfer(self) -> None:
         self._transfer = None
@@ -43,12 +40,12 @@ class Outbox:
 
     def next_frame(self) -> Optional[bytes]:
         if self._control:
-            return self._control.popleft()
+            return self._control.pop(0)
         while self._transfer is not None:
             try:
                 return next(self._transfer)
             except StopIteration:
-                # The previous frame, the last, has drained: the transfer is complete.
+                # The previous frame, the last, was taken: the transfer is complete.
                 done, self._transfer, self._on_done = self._on_done, None, None
                 if done is not None:
                     done()

@@ -75,6 +75,7 @@ class DomainEntry(NamedTuple):
     instance_id: str
     size: int  # of the encoded bundle
     signature: Signature
+    encoded: bytes  # the bundle as the guest receives it (what ``digest`` is of)
 
     @property
     def hostname(self) -> Optional[str]:
@@ -251,6 +252,7 @@ def load_domain(store_dir: str, name: str, socket_root: str) -> DomainEntry:
         instance_id=instance_id,
         size=len(encoded),
         signature=signature_of(st),
+        encoded=encoded,
     )
 
 
