@@ -28,66 +28,28 @@ import pytest
 
 from testbed.simulator import SimulatorOptions
 from testbed.stack import Stack, runtime_env
+from tests.guest_root import (
+    ALICE,
+    IFUPDOWN_V1,
+    IFUPDOWN_V2,
+    NETWORKD_ETH0,
+    NETWORKD_MGMT,
+    NETWORKD_V1,
+    TEMPLATE_HOSTS,
+    USER_KEY,
+    V1_STATIC,
+    V2_STATIC,
+    make_root,
+    write,
+)
 from xenchannel.dom0.store import write_domain
-from xenchannel.guest.apply import ApplyError
-from xenchannel.guest.apply import hostname as hostname_step
 from xenchannel.guest.apply import keys as keys_step
-from xenchannel.guest.apply import network as network_step
 from xenchannel.protocol import Bundle
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNIT = os.path.join(REPO, "runtime", "systemd", "xenchannel-guest-agent.service")
 MACHINE_HOSTNAME = socket.gethostname()
 LIVE_BEFORE = "template-live"  # what the sandbox's hostname is before the agent runs
-ALICE = (1000, 1000)
-USER_KEY = "ssh-ed25519 AAAAC3NzaUSERKEY alice@laptop"
-
-TEMPLATE_HOSTS = (
-    "127.0.0.1\tlocalhost\n"
-    "127.0.1.1\ttemplate\n"
-    "192.0.2.200\tbackup.example.com backup\n"
-    "\n"
-    "::1\tlocalhost ip6-localhost ip6-loopback\n"
-)
-
-V2_STATIC = {
-    "version": 2,
-    "ethernets": {
-        "eth0": {
-            "addresses": ["192.0.2.10/24", "2001:db8::10/64"],
-            "gateway4": "192.0.2.1",
-            "gateway6": "2001:db8::1",
-            "nameservers": {"addresses": ["192.0.2.53"], "search": ["example.com"]},
-            "routes": [{"to": "198.51.100.0/24", "via": "192.0.2.254", "metric": 100}],
-            "mtu": 1500,
-        },
-        "mgmt": {"match": {"macaddress": "52:54:00:12:34:56"}, "dhcp4": True, "optional": True},
-    },
-}
-V1_STATIC = {
-    "network": {
-        "version": 1,
-        "config": [
-            {
-                "type": "physical",
-                "name": "eth0",
-                "subnets": [
-                    {
-                        "type": "static",
-                        "address": "192.0.2.20",
-                        "netmask": "255.255.255.0",
-                        "gateway": "192.0.2.1",
-                        "dns_nameservers": ["192.0.2.53"],
-                    },
-                    {"type": "static6", "address": "2001:db8::20/64"},
-                ],
-            },
-            {"type": "physical", "name": "eth1", "subnets": [{"type": "dhcp"}]},
-            {"type": "nameserver", "address": ["192.0.2.54"], "search": ["lab.example.com"]},
-            {"type": "route", "destination": "203.0.113.0/24", "gateway": "192.0.2.254"},
-        ],
-    }
-}
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -125,49 +87,6 @@ def bundle(
         user_data=user_data,
         network_config=V2_STATIC if network is None else network,
     )
-
-
-def write(path: str, text: str, mode: int = 0o644) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
-        handle.write(text)
-    os.chmod(path, mode)
-
-
-def make_root(tmp_path: Any, stack_kind: str = "networkd", alice_keys: bool = True) -> str:
-    """A minimal guest root: passwd, hostname, hosts, homes, one network stack."""
-    root = str(tmp_path / "root")
-    write(
-        f"{root}/etc/passwd",
-        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n",
-    )
-    write(f"{root}/etc/hostname", "template\n")
-    write(f"{root}/etc/hosts", TEMPLATE_HOSTS)
-    os.makedirs(f"{root}/root", mode=0o700)
-    os.makedirs(f"{root}/home/alice")
-    os.chown(f"{root}/home/alice", *ALICE)
-    if alice_keys:
-        os.makedirs(f"{root}/home/alice/.ssh", mode=0o755)
-        write(f"{root}/home/alice/.ssh/authorized_keys", USER_KEY + "\n", 0o644)
-        os.chown(f"{root}/home/alice/.ssh", *ALICE)
-        os.chown(f"{root}/home/alice/.ssh/authorized_keys", *ALICE)
-    write(f"{root}/sys/class/net/eth0/address", "52:54:00:00:00:01\n")
-    write(f"{root}/sys/class/net/ens5/address", "52:54:00:12:34:56\n")
-    if stack_kind == "networkd":
-        os.makedirs(f"{root}/etc/systemd/network")
-        wants = f"{root}/etc/systemd/system/multi-user.target.wants"
-        os.makedirs(wants)
-        os.symlink(
-            "/lib/systemd/system/systemd-networkd.service", f"{wants}/systemd-networkd.service"
-        )
-    else:
-        write(
-            f"{root}/etc/network/interfaces",
-            "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n",
-        )
-        os.makedirs(f"{root}/etc/network/interfaces.d")
-        write(f"{root}/sbin/ifup", "#!/bin/sh\nexit 0\n", 0o755)
-    return root
 
 
 def read(path: str) -> str:
@@ -266,42 +185,6 @@ def record(root: str) -> Dict[str, Any]:
 def mode_owner(path: str) -> Any:
     st = os.stat(path)
     return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-NETWORKD_ETH0 = """\
-# Written by the xenchannel guest agent from this instance's network-config.
-# Replaced or removed whenever a new instance is applied: do not edit.
-[Match]
-Name=eth0
-
-[Link]
-MTUBytes=1500
-
-[Network]
-Address=192.0.2.10/24
-Address=2001:db8::10/64
-Gateway=192.0.2.1
-Gateway=2001:db8::1
-DNS=192.0.2.53
-Domains=example.com
-
-[Route]
-Destination=198.51.100.0/24
-Gateway=192.0.2.254
-Metric=100
-"""
-NETWORKD_MGMT = """\
-# Written by the xenchannel guest agent from this instance's network-config.
-# Replaced or removed whenever a new instance is applied: do not edit.
-[Match]
-MACAddress=52:54:00:12:34:56
-
-[Link]
-RequiredForOnline=no
-
-[Network]
-DHCP=ipv4
-"""
 
 
 # ---------------------------------------------------------------- first boot
@@ -405,77 +288,6 @@ def test_same_instance_applies_nothing_and_a_new_one_applies_again(
     assert record(root)["applied-at"] >= applied_at
     status = wait_status(stack, "ga-boots", lambda s: s.get("instance_id") == "iid-boots-2")
     assert status["state"] == "applied"
-
-
-IFUPDOWN_V2 = """\
-# Written by the xenchannel guest agent from this instance's network-config.
-# Replaced or removed whenever a new instance is applied: do not edit.
-
-auto eth0
-iface eth0 inet static
-    address 192.0.2.10/24
-    gateway 192.0.2.1
-    pre-up ip link set dev eth0 mtu 1500
-    dns-nameservers 192.0.2.53
-    dns-search example.com
-    up ip -4 route add 198.51.100.0/24 via 192.0.2.254 metric 100 dev eth0
-iface eth0 inet6 static
-    address 2001:db8::10/64
-    gateway 2001:db8::1
-
-allow-hotplug ens5
-iface ens5 inet dhcp
-"""
-IFUPDOWN_V1 = """\
-# Written by the xenchannel guest agent from this instance's network-config.
-# Replaced or removed whenever a new instance is applied: do not edit.
-
-auto eth0
-iface eth0 inet static
-    address 192.0.2.20/24
-    gateway 192.0.2.1
-    dns-nameservers 192.0.2.53 192.0.2.54
-    dns-search lab.example.com
-    up ip -4 route add 203.0.113.0/24 via 192.0.2.254 dev eth0
-iface eth0 inet6 static
-    address 2001:db8::20/64
-
-auto eth1
-iface eth1 inet dhcp
-    dns-nameservers 192.0.2.54
-    dns-search lab.example.com
-"""
-NETWORKD_V1 = {
-    "10-xenchannel-eth0.network": """\
-# Written by the xenchannel guest agent from this instance's network-config.
-# Replaced or removed whenever a new instance is applied: do not edit.
-[Match]
-Name=eth0
-
-[Network]
-Address=192.0.2.20/24
-Address=2001:db8::20/64
-Gateway=192.0.2.1
-DNS=192.0.2.53
-DNS=192.0.2.54
-Domains=lab.example.com
-
-[Route]
-Destination=203.0.113.0/24
-Gateway=192.0.2.254
-""",
-    "10-xenchannel-eth1.network": """\
-# Written by the xenchannel guest agent from this instance's network-config.
-# Replaced or removed whenever a new instance is applied: do not edit.
-[Match]
-Name=eth1
-
-[Network]
-DHCP=ipv4
-DNS=192.0.2.54
-Domains=lab.example.com
-""",
-}
 
 
 @pytest.mark.parametrize(
@@ -867,82 +679,3 @@ def test_unit_file_verifies_and_is_hardened() -> None:
     print(overall[0])
     exposure = float(overall[0].split(":")[1].split()[0])
     assert exposure < 3.0, security.stdout
-
-
-# ---------------------------------------------------------------- the appliers directly
-
-
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        ({"version": 2, "bridges": {"br0": {}}}, "bridges (br0)"),
-        ({"version": 2, "vlans": {"v10": {"id": 10, "link": "eth0"}}}, "vlans (v10)"),
-        ({"version": 2, "ethernets": {"e": {"match": {"macaddress": "52:54:00:00:00:09"},
-                                            "set-name": "lan"}}}, "'set-name'"),
-        ({"version": 2, "ethernets": {"eth0": {"addresses": ["192.0.2.1/24\nDNS=6.6.6.6"]}}},
-         "invalid address"),
-        ({"version": 2, "ethernets": {"eth0": {"nameservers": {"search": ["a.com\n[Route]"]}}}},
-         "invalid search domain"),
-        ({"version": 2, "ethernets": {"eth0\n": {"dhcp4": True}}}, "cannot name a file"),
-        ({"version": 1, "config": [{"type": "bond", "name": "bond0"}]}, "is a bond"),
-        ({"version": 1, "config": [{"type": "physical", "name": "eth0",
-                                    "subnets": [{"type": "manual"}]}]}, "'manual'"),
-        ({"version": 1, "config": [{"type": "route", "destination": "10.0.0.0/8",
-                                    "gateway": "10.9.9.9"}]}, "no interface has an address"),
-    ],
-)  # fmt: skip
-def test_unsupported_network_constructs_fail_clearly(config: Dict[str, Any], message: str) -> None:
-    with pytest.raises(ApplyError, match="network: ") as info:
-        network_step.parse(config)
-    assert message in str(info.value)
-
-
-def test_ifupdown_refusals(tmp_path: Any) -> None:
-    root = make_root(tmp_path, "ifupdown")
-    both = {"version": 2, "ethernets": {"eth0": {"dhcp4": True, "addresses": ["192.0.2.5/24"]}}}
-    with pytest.raises(ApplyError, match="combines DHCP and static IPv4"):
-        network_step.plan(root, both)
-    glob_name = {"version": 2, "ethernets": {"lan": {"match": {"name": "en*"}, "dhcp4": True}}}
-    with pytest.raises(ApplyError, match="ifupdown needs one interface name"):
-        network_step.plan(root, glob_name)
-    write(f"{root}/etc/network/interfaces.d/setup", "allow-hotplug eth0\niface eth0 inet dhcp\n")
-    with pytest.raises(ApplyError, match=r"interfaces\.d/setup already configures eth0"):
-        network_step.plan(root, {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}})
-    os.unlink(f"{root}/etc/network/interfaces.d/setup")
-    write(f"{root}/etc/network/interfaces", "auto lo\niface lo inet loopback\n")
-    with pytest.raises(ApplyError, match=r"add the line 'source /etc/network/interfaces\.d/"):
-        network_step.plan(root, {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}})
-    write(f"{root}/etc/netplan/50-cloud.yaml", "network: {}\n")
-    with pytest.raises(ApplyError, match="netplan"):
-        network_step.plan(root, {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}})
-
-
-def test_public_keys_in_every_form() -> None:
-    assert keys_step.collect_keys("ssh-rsa A x\n\n# note\nssh-ed25519 B y\n") == [
-        "ssh-rsa A x",
-        "ssh-ed25519 B y",
-    ]
-    assert keys_step.collect_keys(["k1", "k2", "k1"]) == ["k1", "k2"]
-    assert keys_step.collect_keys({"a": "k1", "b": ["k2", "k3"]}) == ["k1", "k2", "k3"]
-    assert keys_step.collect_keys(None) == []
-    with pytest.raises(ApplyError, match="control characters"):
-        keys_step.collect_keys(["ssh-rsa A\x1b[2Jx"])
-    # The user's own keys are kept around the managed block, in place.
-    old = f"mine-1\n{keys_step.BEGIN}\nold\n{keys_step.END}\nmine-2\n"
-    assert keys_step.replace_block(old, ["new"]) == (
-        f"mine-1\n{keys_step.BEGIN}\nnew\n{keys_step.END}\nmine-2\n"
-    )
-    assert keys_step.replace_block(old, []) == "mine-1\nmine-2\n"
-    with pytest.raises(ApplyError, match="broken xenchannel markers"):
-        keys_step.replace_block(f"{keys_step.BEGIN}\nold\n", ["new"])
-
-
-def test_hosts_file_keeps_every_other_line() -> None:
-    assert hostname_step.render_hosts(TEMPLATE_HOSTS, "db") == TEMPLATE_HOSTS.replace(
-        "127.0.1.1\ttemplate", "127.0.1.1\tdb"
-    )
-    no_line = "127.0.0.1 localhost\n::1 localhost\n"
-    assert hostname_step.render_hosts(no_line, "db.lan") == (
-        "127.0.0.1 localhost\n127.0.1.1\tdb.lan db\n::1 localhost\n"
-    )
-    assert "127.0.1.1\tdb\n" in hostname_step.render_hosts(None, "db")
