@@ -13,7 +13,12 @@ marked rest (``pytest -m needs``). A test lands in a marked tier by what it uses
 
 A test that needs one of these and is not marked fails in ``make check``, which CI runs
 with no capabilities and no network, so a wrong entry here cannot hide.
+
+Which test tier a test's time counts under in the report at the end of ``make test``
+(roles, molecule, demo, ...) is tests/tiers.py's, beside the report.
 """
+
+from tests import tiers
 
 # Whole files, by what every test in them needs.
 NEEDS_BY_PATH = {
@@ -49,6 +54,7 @@ def pytest_configure(config):
         ("needs", "any of root, system, docker, load: left out of `make check`"),
     ):
         config.addinivalue_line("markers", f"{name}: {text}")
+    tiers.time_tests(config)
 
 
 def pytest_collection_modifyitems(config, items):
