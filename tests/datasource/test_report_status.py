@@ -98,3 +98,15 @@ def test_silent_dom0_is_bounded(stack: Stack, tmp_path) -> None:
     assert rc == 1 and ("could not report" in out or "did not acknowledge" in out), out
     assert time.monotonic() - start < 15
     assert os.path.exists(os.path.join(root, "run/xenchannel/report-status.done"))
+
+
+def test_help_does_not_show_the_test_only_root() -> None:
+    """--root is a hook for these tests (docs/datasource.md): a user never needs it, so
+    --help shows the options a user has and not that one."""
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--help"],
+        env=runtime_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--device" in result.stdout and "--timeout" in result.stdout, result.stdout
+    assert "--root" not in result.stdout, result.stdout
