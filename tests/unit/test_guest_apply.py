@@ -13,12 +13,14 @@ from typing import Any, Dict
 import pytest
 
 from tests.guest_root import (
+    ALICE,
     IFUPDOWN_V1,
     IFUPDOWN_V2,
     NETWORKD_ETH0,
     NETWORKD_MGMT,
     NETWORKD_V1,
     TEMPLATE_HOSTS,
+    USER_KEY,
     V1_STATIC,
     V2_STATIC,
     make_root,
@@ -128,6 +130,46 @@ def test_ifupdown_refusals(tmp_path: Any) -> None:
     write(f"{root}/etc/netplan/50-cloud.yaml", "network: {}\n")
     with pytest.raises(ApplyError, match="netplan"):
         network_step.plan(root, {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}})
+
+
+def test_ssh_keys_plan_for_a_user_and_its_refusals(tmp_path: Any) -> None:
+    root = make_root(tmp_path, owners=False)
+    step = keys_step.plan(root, "alice", ["ssh-ed25519 AAAAC3NzaKEY1 ops@a"])
+    assert step is not None
+    [ssh] = step.dirs
+    assert (ssh.shown, ssh.mode, ssh.uid, ssh.gid, ssh.enforce) == (
+        "/home/alice/.ssh",
+        0o700,
+        *ALICE,
+        True,
+    )
+    [change] = step.files
+    assert (change.shown, change.mode, change.uid, change.gid) == (
+        "/home/alice/.ssh/authorized_keys",
+        0o600,
+        *ALICE,
+    )
+    # Her own key stays, first; the managed block follows it.
+    assert (
+        change.data
+        == (
+            f"{USER_KEY}\n{keys_step.BEGIN}\nssh-ed25519 AAAAC3NzaKEY1 ops@a\n{keys_step.END}\n"
+        ).encode()
+    )
+    assert step.record == {"user": "alice", "count": 1, "file": "/home/alice/.ssh/authorized_keys"}
+    assert "AAAAC3Nza" not in step.summary
+    # No keys, and none managed before: nothing to do.
+    assert keys_step.plan(root, "root", []) is None
+
+    with pytest.raises(ApplyError, match="user 'bob' is not in /etc/passwd; pass --user"):
+        keys_step.plan(root, "bob", ["k"])
+    with open(f"{root}/etc/passwd", "a") as passwd:
+        passwd.write("carol:x:1001:1001::/home/carol:/bin/sh\n")
+    with pytest.raises(ApplyError, match="home directory /home/carol of 'carol' does not exist"):
+        keys_step.plan(root, "carol", ["k"])
+    os.symlink("/etc", f"{root}/root/.ssh")
+    with pytest.raises(ApplyError, match=r"/root/\.ssh or its authorized_keys is a symlink"):
+        keys_step.plan(root, "root", ["k"])
 
 
 def test_public_keys_in_every_form() -> None:
