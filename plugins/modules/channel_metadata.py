@@ -35,7 +35,8 @@ attributes:
     support: full
     description: >-
       Returns the entry before and after; user-data and vendor-data are shown only as
-      their size and SHA-256, never their content.
+      their size and SHA-256, never their content, and each secret meta-data value (see
+      O(secret_keys)) as C(<secret>), or C(<secret, changed>) when the run changes it.
   idempotent:
     support: full
     description: A second run with the same options reports no change.
@@ -64,7 +65,25 @@ options:
       - The cloud-init meta-data. Must hold a unique C(instance-id); C(local-hostname), if
         given, must be a valid hostname.
       - Required when O(state=present).
+      - Values of secret keys (see O(secret_keys)) are never shown, in a diff, a result or
+        C(-vvv) output.
     type: dict
+  secret_keys:
+    description:
+      - Further O(meta_data) keys whose values are secret, at any depth, beside those the
+        built-in rule finds. Compared in lower case with V(_) as V(-).
+      - "The built-in rule: a key is secret when its name contains V(password),
+        V(passwd), V(passphrase), V(secret), V(token), V(credential), V(private) or
+        V(apikey), or one of its words (split at V(-), V(_), V(.) and case changes) is
+        V(pass), V(pwd), V(key), V(keys) or V(cookie) - except V(public-keys) and
+        V(ssh_authorized_keys), which hold public keys. So V(password), V(api-token),
+        V(client_secret), V(tls-key) and V(ssh_keys) are secret, V(local-hostname) and
+        V(public-keys) are not."
+      - The whole value of a secret key is secret. Ansible masks each secret value
+        wherever it appears in the module's output, as it does for C(no_log) options.
+    type: list
+    elements: str
+    default: []
   user_data:
     description:
       - The user-data as text (for example C(#cloud-config) YAML).
@@ -105,6 +124,10 @@ options:
 notes:
   - User-data and vendor-data often hold secrets. The options are C(no_log), and the
     module never returns or shows their content, only their size and SHA-256.
+  - Secret meta-data values (O(secret_keys)) are masked as C(no_log) values are, from the
+    moment the module reads its arguments, so an argument error does not show them
+    either. A diff shows that a secret changed, never its value or a digest of it (a
+    digest of a short password can be guessed).
 seealso:
   - module: xenchannel.provision.channel_status
 """
@@ -168,6 +191,7 @@ instance_id:
 import base64
 import binascii
 import hashlib
+import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -175,15 +199,57 @@ from ansible_collections.xenchannel.provision.plugins.module_utils._runtime impo
     RUNTIME_ARGUMENT_SPEC,
     import_runtime,
 )
+from ansible_collections.xenchannel.provision.plugins.module_utils.metadata_secrets import (
+    secret_values,
+    shown_meta_data,
+)
 
 SECRET_PARTS = ("user-data", "vendor-data")
 
 
-def redacted(doc):
-    """The entry as shown in a diff: secret parts only as their size and digest."""
+def _listed(value):
+    """``secret_keys`` as given, before AnsibleModule converts it (a list or "a,b")."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(part) for part in value]
+    return []
+
+
+def _mapping(value):
+    """``meta_data`` as given, before AnsibleModule converts it (a dict or JSON text)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+class MetadataModule(AnsibleModule):
+    """AnsibleModule that knows the secret meta-data values as soon as it reads its
+    arguments, so that nothing it returns - an argument error's ``invocation`` included -
+    shows them."""
+
+    def _load_params(self):
+        super()._load_params()
+        extra = _listed(self.params.get("secret_keys"))
+        self.no_log_values.update(secret_values(_mapping(self.params.get("meta_data")), extra))
+
+
+def redacted(doc, before=None, secret_keys=()):
+    """The entry as shown in a diff: secret meta-data values as placeholders, secret
+    parts only as their size and digest. ``before``: the entry it replaces, if any."""
     if doc is None:
         return {}
     shown = dict(doc)
+    if isinstance(shown.get("meta-data"), dict):
+        if before is None:
+            shown["meta-data"] = shown_meta_data(shown["meta-data"], extra=secret_keys)
+        else:
+            shown["meta-data"] = shown_meta_data(
+                shown["meta-data"], before.get("meta-data"), secret_keys
+            )
     for key in SECRET_PARTS:
         value = shown.get(key)
         if value is None:
@@ -222,6 +288,7 @@ class ChannelMetadata:
         self.domain = params["domain"]
         self.store_dir = params["store_dir"]
         self.socket_root = params["socket_root"]
+        self.secret_keys = params["secret_keys"]
         self.check_mode = module.check_mode
         self.path = None
 
@@ -298,8 +365,8 @@ class ChannelMetadata:
         }
         if self.module._diff:
             result["diff"] = {
-                "before": redacted(before),
-                "after": redacted(after),
+                "before": redacted(before, secret_keys=self.secret_keys),
+                "after": redacted(after, before or {}, self.secret_keys),
                 "before_header": self.path,
                 "after_header": self.path,
             }
@@ -312,6 +379,7 @@ def main():
         "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
         "socket": {"type": "path"},
         "meta_data": {"type": "dict"},
+        "secret_keys": {"type": "list", "elements": "str", "default": [], "no_log": False},
         "user_data": {"type": "str", "no_log": True},
         "user_data_base64": {"type": "str", "no_log": True},
         "vendor_data": {"type": "str", "no_log": True},
@@ -321,7 +389,7 @@ def main():
         "socket_root": {"type": "path", "default": "/run/xenchannel"},
     }
     argument_spec.update(RUNTIME_ARGUMENT_SPEC)
-    module = AnsibleModule(
+    module = MetadataModule(
         argument_spec=argument_spec,
         mutually_exclusive=[
             ("user_data", "user_data_base64"),

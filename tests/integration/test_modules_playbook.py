@@ -8,6 +8,7 @@ agent, the channel simulator and a guest fetch deliver the bundle, which channel
 waits for. No output of any run, with -vvv and --diff included, may contain user-data.
 """
 
+import json
 import os
 import stat
 import subprocess
@@ -134,3 +135,55 @@ def test_metadata_four_runs_then_delivery(collections: str, stack: Stack) -> Non
     # -vvv shows the module's arguments: user_data is there, masked by no_log.
     assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in output
     assert MARKER not in output
+
+
+def test_secret_meta_data_never_shows_with_diff_and_vvv(collections: str, stack: Stack) -> None:
+    """Secret meta-data (by the built-in rule, and a key the user marks) is in no output
+    of a create, a change and an argument error, with --diff and -vvv; the diff says that
+    a secret changed; what is not secret stays visible."""
+    secrets = {
+        "password": "PW-7d1e-first",
+        "api-token": "TOK-93ab",
+        "service": {"client_secret": "CS-51fe"},
+        "ssh_keys": {"rsa_private": "PRIV-0c77"},
+        "enrolment": "ENR-66d2",  # not secret by name: marked with secret_keys
+    }
+    public = "ssh-ed25519 AAAAC3Nza-public-4411 admin@example"
+    metadata = {
+        "domain": DOMAIN,
+        "socket": os.path.join(stack.run, f"{DOMAIN}.sock"),
+        "store_dir": stack.store,
+        "socket_root": stack.run,
+        "meta_data": {"instance-id": "iid-vm1", "public-keys": [public], **secrets},
+        "secret_keys": ["enrolment"],
+    }
+    module = "xenchannel.provision.channel_metadata"
+    changed = dict(metadata, meta_data=dict(metadata["meta_data"], password="PW-2b9c-second"))
+    tasks = [
+        {"name": "create", module: metadata},
+        {"name": "change the password", module: changed},
+        {"name": "unchanged", module: changed},
+        {"name": "argument error", module: dict(changed, state="presnt"), "ignore_errors": True},
+    ]
+    run = playbook(collections, stack.root, tasks, "--diff", "-vvv")
+    output = run.stdout + run.stderr
+    values = ["PW-7d1e-first", "PW-2b9c-second", "TOK-93ab", "CS-51fe", "PRIV-0c77", "ENR-66d2"]
+    for value in values:
+        assert value not in output, value
+    by_name = results(run, stack.root)
+    assert not [value for value in values if value in json.dumps(by_name)]
+    # The entry holds them all the same: the guest gets its secrets.
+    with open(os.path.join(stack.store, DOMAIN, "domain.json")) as handle:
+        stored = json.load(handle)["meta-data"]
+    assert stored["password"] == "PW-2b9c-second" and stored["enrolment"] == "ENR-66d2"
+    # The diff says which secret changed, and shows what is not secret.
+    diff = by_name["change the password"]["diff"]
+    assert diff["before"]["meta-data"]["password"] == "<secret>"
+    assert diff["after"]["meta-data"]["password"] == "<secret, changed>"
+    assert diff["after"]["meta-data"]["api-token"] == "<secret>"
+    assert diff["after"]["meta-data"]["public-keys"] == [public]
+    assert '+        "password": "<secret, changed>"' in output
+    assert public in output and "iid-vm1" in output
+    assert by_name["unchanged"]["changed"] is False
+    assert by_name["argument error"]["failed"] is True
+    assert "presnt" in by_name["argument error"]["msg"]

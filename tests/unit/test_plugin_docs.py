@@ -45,18 +45,21 @@ LOOKUPS = sorted(
 # channel_metadata's docs point at the dom0_agent role, which the collection does not
 # have yet (roles/ holds only a README); the line goes away when the role exists with
 # meta/argument_specs.yml, or when the reference is changed.
+# AnsibleModule.__init__ replaced, as ansible-test's validate-modules does, so that a
+# module's subclass of AnsibleModule is captured too.
 CAPTURE = r"""
 import importlib, json, sys
+from ansible.module_utils.basic import AnsibleModule
 captured = {}
 class Stop(Exception):
     pass
-def fake(*args, **kwargs):
+def fake(self, *args, **kwargs):
     captured.update(kwargs)
     raise Stop()
 mod = importlib.import_module(
     "ansible_collections.xenchannel.provision.plugins.modules." + sys.argv[1]
 )
-mod.AnsibleModule = fake
+AnsibleModule.__init__ = fake
 try:
     mod.main()
 except Stop:
