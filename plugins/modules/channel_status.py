@@ -19,6 +19,9 @@ description:
   - With O(wait_for), polls until the domain's channel is connected, the store's current
     bundle has been delivered, or the guest reported it applied, within O(timeout)
     seconds.
+  - A domain without a usable entry in the store (O(store_dir)) is never served by the
+    agent, so with O(wait_for) the module fails at once, saying to write the entry with
+    M(xenchannel.provision.channel_metadata), instead of waiting for the timeout.
   - Never changes anything. Works while the agent is down (it reads the agent's files).
   - Runs on dom0 and needs the C(xenchannel) runtime package there, which the
     C(xenchannel.provision.dom0_agent) role installs.
@@ -147,6 +150,7 @@ waited:
   type: float
 """
 
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -167,6 +171,7 @@ class ChannelStatus:
         params = module.params
         self.domain = params["domain"]
         self.wait_for = params["wait_for"]
+        self.store_error = None
 
     def read(self):
         """(record, summary, store entry or None) as they are now."""
@@ -180,9 +185,26 @@ class ChannelStatus:
             record = state.new_state(self.domain)
         try:
             entry = store.load_domain(params["store_dir"], self.domain, params["socket_root"])
-        except store.StoreError:
+        except store.StoreError as exc:
             entry = None
+            self.store_error = str(exc)
         return record, state.summarise(record), entry
+
+    def no_entry_message(self):
+        """Why waiting is pointless when the domain has no usable store entry, and the fix."""
+        params = self.module.params
+        path = self.rt.store.domain_file(params["store_dir"], self.domain)
+        if not os.path.lexists(path):
+            return (
+                f"{self.domain} has no entry in the agent's store ({path} does not exist), "
+                f"so the agent does not serve it and it can never be {self.wait_for}; write "
+                "the entry first with xenchannel.provision.channel_metadata, or check the "
+                "domain and store_dir options"
+            )
+        return (
+            f"the agent does not serve {self.domain}, so it can never be {self.wait_for}: "
+            f"its store entry is unusable: {self.store_error}"
+        )
 
     def check(self, record, summary, entry):
         """(reached, failure sentence or None) for ``wait_for``."""
@@ -242,12 +264,15 @@ class ChannelStatus:
                 self.module.fail_json(msg=failure, **result)
             if reached:
                 return result
+            if entry is None:
+                # The agent serves only domains of its store: no later poll can succeed.
+                self.module.fail_json(msg=self.no_entry_message(), **result)
             now = time.monotonic()
             if now >= deadline:
-                self.module.fail_json(msg=self.timeout_message(summary, entry), **result)
+                self.module.fail_json(msg=self.timeout_message(summary), **result)
             time.sleep(min(interval, deadline - now))
 
-    def timeout_message(self, summary, entry):
+    def timeout_message(self, summary):
         params = self.module.params
         last = summary["last_error"]
         message = (
@@ -255,11 +280,6 @@ class ChannelStatus:
             f"{WAIT_WORDS[self.wait_for]}; last error from the agent: "
             f"{last if last != '-' else 'none recorded'}"
         )
-        if entry is None and self.wait_for in ("delivered", "applied"):
-            message += (
-                f"; {self.domain} has no usable entry in {params['store_dir']} - write it "
-                "with xenchannel.provision.channel_metadata"
-            )
         return message
 
 

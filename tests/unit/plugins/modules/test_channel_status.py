@@ -148,12 +148,45 @@ def test_timeout_is_bounded_and_names_the_agents_last_error(
     assert result["changed"] is False
 
 
-def test_timeout_without_a_store_entry_says_so(dirs: Dict[str, str]) -> None:
+@pytest.mark.parametrize("wait_for", ["connected", "delivered", "applied"])
+def test_without_a_store_entry_a_wait_fails_at_once_naming_the_fix(
+    dirs: Dict[str, str], wait_for: str
+) -> None:
+    """The agent serves only domains of its store: waiting for one without an entry
+    would only ever time out."""
+    start = time.monotonic()
     result = fail_module(
-        channel_status.main, args(dirs, wait_for="delivered", timeout=0, poll_interval=0.1)
+        channel_status.main, args(dirs, wait_for=wait_for, timeout=30, poll_interval=0.1)
     )
-    assert "last error from the agent: none recorded" in result["msg"]
-    assert "has no usable entry" in result["msg"]
+    assert time.monotonic() - start < 5
+    entry = os.path.join(dirs["store_dir"], "vm1", "domain.json")
+    assert result["msg"] == (
+        f"vm1 has no entry in the agent's store ({entry} does not exist), so the agent "
+        f"does not serve it and it can never be {wait_for}; write the entry first with "
+        "xenchannel.provision.channel_metadata, or check the domain and store_dir options"
+    )
+    assert result["reached"] is False and result["store_sha256"] is None
+
+
+def test_an_unusable_store_entry_fails_at_once_with_the_stores_sentence(
+    dirs: Dict[str, str], digest: str
+) -> None:
+    entry = os.path.join(dirs["store_dir"], "vm1", "domain.json")
+    os.chmod(entry, 0o644)
+    start = time.monotonic()
+    result = fail_module(
+        channel_status.main, args(dirs, wait_for="delivered", timeout=30, poll_interval=0.1)
+    )
+    assert time.monotonic() - start < 5
+    assert result["msg"].startswith(
+        "the agent does not serve vm1, so it can never be delivered: its store entry is "
+        f"unusable: {entry} is readable or writable by group or others (mode 0644)"
+    ), result["msg"]
+
+
+def test_reading_once_without_a_store_entry_is_not_a_failure(dirs: Dict[str, str]) -> None:
+    result = run_module(channel_status.main, args(dirs))
+    assert result["reached"] is True and result["store_sha256"] is None
 
 
 def test_a_failed_report_fails_at_once_with_its_reason(dirs: Dict[str, str], digest: str) -> None:
