@@ -647,13 +647,61 @@ def _valid_public_keys(keys: Any) -> bool:
     return False
 
 
+_NETWORK_CONFIG_FORMS = (
+    "version: 2 with ethernets (and bonds, bridges, vlans, wifis), or version: 1 with a config list"
+)
+
+
+def network_config_version(config: Any) -> int:
+    """The version (1 or 2) of a network-config already unwrapped from ``network:``.
+
+    BundleError with one sentence naming what is wrong and how to write it: the one
+    place that says which versions a network-config may have.
+    """
+    if not isinstance(config, dict):
+        raise BundleError(
+            f"network-config must be a mapping, not {_kind(config)}; write it as "
+            f"{_NETWORK_CONFIG_FORMS}"
+        )
+    if "version" not in config:
+        raise BundleError(
+            "network-config has no version key; add one, as in " + _NETWORK_CONFIG_FORMS
+        )
+    version = config["version"]
+    if isinstance(version, str) and version.strip() in ("1", "2"):
+        raise BundleError(
+            f"network-config version is the string {version!r}; write the number, "
+            f"version: {version.strip()} without quotes"
+        )
+    if isinstance(version, bool) or version not in (1, 2):
+        raise BundleError(
+            f"network-config version {_shown(version)} is not supported; use version 1 or "
+            f"2 (the number): {_NETWORK_CONFIG_FORMS}"
+        )
+    return int(version)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
 def validate_network_config(config: Any) -> None:
     """Accept cloud-init network-config version 1 or 2, bare or under ``network:``."""
     if isinstance(config, dict) and set(config) == {"network"}:
         config = config["network"]
-    if not isinstance(config, dict):
-        raise BundleError("network-config must be a mapping with a version key")
-    version = config.get("version")
+    version = network_config_version(config)
     if version == 1:
         if not isinstance(config.get("config"), list):
             raise BundleError(
@@ -671,10 +719,6 @@ def validate_network_config(config: Any) -> None:
                 )
             if key not in ("version", "renderer") and not isinstance(value, dict):
                 raise BundleError(f"network-config version 2 {key!r} must be a mapping")
-    else:
-        raise BundleError(
-            f"network-config version {version!r} is not supported; use version 1 or 2"
-        )
 
 
 def bundle_chunks(

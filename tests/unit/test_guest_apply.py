@@ -104,6 +104,9 @@ def test_network_plan_without_config_removes_an_earlier_instances_files(tmp_path
                                     "subnets": [{"type": "manual"}]}]}, "'manual'"),
         ({"version": 1, "config": [{"type": "route", "destination": "10.0.0.0/8",
                                     "gateway": "10.9.9.9"}]}, "no interface has an address"),
+        # The protocol's sentences (protocol.network_config_version), not "version None".
+        ({"ethernets": {"eth0": {"dhcp4": True}}}, "network-config has no version key; add"),
+        ({"version": "2", "ethernets": {}}, "version is the string '2'; write the number"),
     ],
 )  # fmt: skip
 def test_unsupported_network_constructs_fail_clearly(config: Dict[str, Any], message: str) -> None:

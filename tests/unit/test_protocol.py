@@ -844,8 +844,37 @@ class TestBundleValidate:
         ("config", "sentence"),
         [
             pytest.param({"version": 3}, "version 3 is not supported", id="version-3"),
-            pytest.param({}, "version None is not supported", id="no-version"),
-            pytest.param({"version": "2"}, "version '2' is not supported", id="string-version"),
+            pytest.param(
+                {},
+                "network-config has no version key; add one, as in version: 2 with "
+                "ethernets (and bonds, bridges, vlans, wifis), or version: 1 with a config "
+                "list",
+                id="no-version",
+            ),
+            pytest.param(
+                {"version": "2"},
+                "network-config version is the string '2'; write the number, version: 2 "
+                "without quotes",
+                id="string-version",
+            ),
+            pytest.param(
+                {"network": {"version": "1", "config": []}},
+                "version is the string '1'; write the number, version: 1 without quotes",
+                id="wrapped-string-version",
+            ),
+            pytest.param(
+                {"version": True, "config": []},
+                "network-config version true is not supported; use version 1 or 2 (the number)",
+                id="boolean-version",
+            ),
+            pytest.param(
+                {"version": None}, "network-config version null is not supported", id="null"
+            ),
+            pytest.param(
+                [{"version": 2}],
+                "network-config must be a mapping, not a list; write it as version: 2",
+                id="a-list",
+            ),
             pytest.param({"version": 1}, "needs a 'config' list", id="v1-no-config"),
             pytest.param({"version": 1, "config": {}}, "needs a 'config' list", id="v1-config-map"),
             pytest.param(

@@ -30,6 +30,8 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
+from xenchannel.protocol import BundleError, network_config_version
+
 from .files import ApplyError, DirChange, FileChange, Step, under
 
 NETWORKD_DIR = "/etc/systemd/network"
@@ -437,12 +439,13 @@ def parse(network_config: Dict[str, Any]) -> List[Interface]:
     config = network_config
     if set(config) == {"network"} and isinstance(config["network"], dict):
         config = config["network"]
-    version = config.get("version")
+    try:
+        version = network_config_version(config)
+    except BundleError as exc:
+        raise _fail(str(exc)) from None
     if version == 1:
         return _from_v1(config)
-    if version == 2:
-        return _from_v2(config)
-    raise _fail(f"version {version!r} is not supported; use version 1 or 2")
+    return _from_v2(config)
 
 
 # --------------------------------------------------------------------------- stacks
