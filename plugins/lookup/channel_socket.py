@@ -60,19 +60,19 @@ _raw:
 """
 
 import posixpath
-import re
 
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
+from ansible_collections.xenchannel.provision.plugins.module_utils.xl_host import (
+    valid_domain_name,
+)
 
-# The dom0 agent's domain names (runtime/xenchannel/dom0/store.py).
-DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 MAX_SOCKET_PATH = 107
 
 
 def socket_path(domain, socket_dir="/run/xenchannel"):
     """`<socket_dir>/<domain>.sock`; ValueError with one sentence if it cannot be."""
-    if not isinstance(domain, str) or not DOMAIN_NAME_RE.match(domain) or ".." in domain:
+    if not valid_domain_name(domain):
         raise ValueError(
             f"domain name {domain!r} is not valid; use 1 to 64 letters, digits, '_', '.' "
             "and '-', starting with a letter or digit and without '..'"

@@ -328,8 +328,14 @@ def test_other_paths_and_settings_go_into_the_dropin_and_config(dom0box) -> None
     [
         pytest.param(
             {"dom0_agent_config": {"store_dir": "/x"}},
-            "allowed keys are rescan_interval",
+            "dom0_agent_config has an unknown key 'store_dir'; the known keys are rescan_interval",
             id="path-key",
+        ),
+        pytest.param(
+            {"dom0_agent_config": {"rescan_intervall": 2}},
+            "dom0_agent_config has an unknown key 'rescan_intervall'; did you mean "
+            "'rescan_interval'?",
+            id="misspelt-key",
         ),
         pytest.param(
             {"dom0_agent_config": {"rescan_interval": "soon"}},

@@ -7,11 +7,13 @@ tests/integration/test_xl_channel_playbook.py.
 from typing import Any
 
 import pytest
+from ansible_collections.xenchannel.provision.plugins.module_utils import xl_host
 from ansible_collections.xenchannel.provision.plugins.module_utils.channel_spec import (
     check_channels,
 )
 
 from tests.unit.plugins.filter._controller import controller_module
+from xenchannel.dom0 import store
 
 channel_socket_module = controller_module(
     "ansible_collections.xenchannel.provision.plugins.lookup.channel_socket"
@@ -74,3 +76,25 @@ def test_run_one_path_per_term(channel_socket: Any, errors_module: Any, monkeypa
     assert lookup.run(["vm1"], variables={}, socket_dir="/srv/xc") == ["/srv/xc/vm1.sock"]
     with pytest.raises(errors_module.AnsibleLookupError, match="is not valid"):
         lookup.run(["../x"], variables={})
+
+
+def test_one_domain_name_rule_for_the_controller_the_modules_and_the_agent(
+    channel_socket: Any,
+) -> None:
+    """The lookup (and so the domain role) and the xl modules use module_utils/xl_host's
+    rule; the agent's store (runtime, which cannot import module_utils) must agree with it
+    on every class of input: each character, each position, each length."""
+    samples = ["", "a" * 63, "a" * 64, "a" * 65, "a..b", "a.b", "a.", "a-", "a_", "vm1\n"]
+    for code in range(0x20, 0x7F):
+        char = chr(code)
+        samples += [char, "a" + char, char + "a", "a" + char + "b"]
+    samples += ["é", "aé", "a\x00", "a\tb", "a\u2028"]
+    for name in samples:
+        agent = store.valid_domain_name(name)
+        assert xl_host.valid_domain_name(name) == agent, repr(name)
+        try:
+            channel_socket.socket_path(name, "/run/xenchannel")
+            looked_up = True
+        except ValueError:
+            looked_up = False
+        assert looked_up == agent, repr(name)
