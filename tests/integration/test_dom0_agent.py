@@ -1180,6 +1180,33 @@ def test_config_file_and_cli_overrides(env: Env) -> None:
         cli.build_config(args)
 
 
+def test_an_empty_control_socket_on_the_command_line_turns_it_off(env: Env) -> None:
+    parser = cli.make_parser()
+    args = parser.parse_args(["run", "--store", env.store, "--control-socket", ""])
+    assert cli.build_config(args).control_socket is None
+    with pytest.raises(cli.UsageError, match="--store needs a path; give the directory"):
+        cli.build_config(parser.parse_args(["run", "--store", ""]))
+    # And the agent runs without one (it used to bind the current directory and exit 1).
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-web1", "web1"))
+    environ = dict(os.environ, PYTHONPATH=str(RUNTIME))
+    command = [
+        sys.executable, "-m", "xenchannel.dom0", "run", "--store", env.store,
+        "--state", env.state, "--socket-root", env.sockets, "--control-socket", "",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=environ, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(os.path.join(env.state, "web1.json")):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no state record within 10 s"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "control_socket=- " in err, err
+
+
 def start_agent_process(env: Env, prefix: Sequence[str] = ()) -> "subprocess.Popen[str]":
     """``python -m xenchannel.dom0 run`` on ``env``, once its control socket is there."""
     environ = dict(os.environ, PYTHONPATH=str(RUNTIME))

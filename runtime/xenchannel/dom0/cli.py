@@ -135,8 +135,15 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         ("control_socket", "control_socket"),
     ):
         value = getattr(args, attr, None)
-        if value is not None:
+        if value is None:
+            continue
+        option = "--" + attr.replace("_", "-")
+        if value.strip():
             overrides[key] = os.path.abspath(value)
+        elif key == "control_socket":
+            overrides[key] = None  # documented: an empty path turns the control socket off
+        else:
+            raise UsageError(f"{option} needs a path; give the directory, or leave {option} out")
     return dataclasses.replace(config, **overrides)
 
 
