@@ -58,6 +58,9 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024
 # is negligible (under 0.1 %), small enough that a lost frame costs little to resend.
 DEFAULT_CHUNK_SIZE = 32 * 1024
 MAX_BUNDLE_SIZE = 16 * 1024 * 1024
+# Levels of JSON nesting a bundle's meta-data or network-config may have: far beyond
+# any real document, and well within what every party's json module can read.
+MAX_JSON_DEPTH = 64
 
 
 # --------------------------------------------------------------------------- errors
@@ -517,6 +520,16 @@ class Bundle:
 
     def validate(self, max_size: int = MAX_BUNDLE_SIZE) -> None:
         """Raise BundleError naming the first problem and its fix."""
+        structured: Dict[str, Any] = {
+            "meta-data": self.meta_data,
+            "network-config": self.network_config,
+        }
+        for name, document in structured.items():
+            if json_too_deep(document):
+                raise BundleError(
+                    f"{name} nests more than {MAX_JSON_DEPTH} levels of lists and mappings; "
+                    "flatten it"
+                )
         validate_meta_data(self.meta_data)
         for name, value in (("user-data", self.user_data), ("vendor-data", self.vendor_data)):
             if value is not None and not isinstance(value, bytes):
@@ -603,6 +616,24 @@ class Bundle:
 
 def _size_note(value: Optional[bytes]) -> str:
     return "absent" if value is None else f"<{len(value)} bytes>"
+
+
+def json_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests lists and mappings more than ``limit`` levels deep (without
+    recursing: a hostile document must not exhaust the stack that checks it)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def validate_hostname(name: Any) -> None:

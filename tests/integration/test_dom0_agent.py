@@ -1104,6 +1104,15 @@ def test_query_through_the_control_socket(env: Env, capsys: pytest.CaptureFixtur
             writer.close()
             assert b"not valid JSON" in raw
 
+            # Nested past what json can read: a sentence, and the server goes on.
+            reader, writer = await asyncio.open_unix_connection(env.control)
+            writer.write(b"[" * 30000 + b"]" * 30000 + b"\n")  # within the 64 KiB bound
+            writer.write_eof()
+            raw = await asyncio.wait_for(reader.read(), 6)
+            writer.close()
+            assert b"JSON nested too deeply; send a flat object" in raw
+            assert (await control_request(env.control, {"op": "ping"}, 5))["ok"] is True
+
     run(scenario())
     assert not os.path.exists(env.control)  # removed at shutdown
 

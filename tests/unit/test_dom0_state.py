@@ -65,6 +65,8 @@ def test_load_states_fills_missing_fields_and_skips_junk(state_dir: str) -> None
         json.dump({"domain": "ignored", "connected": True, "delivered": "junk"}, handle)
     with open(os.path.join(state_dir, "broken.json"), "w", encoding="utf-8") as handle:
         handle.write("{not json")
+    with open(os.path.join(state_dir, "deep.json"), "w", encoding="utf-8") as handle:
+        handle.write("[" * 100000 + "]" * 100000)
     with open(os.path.join(state_dir, ".tmp.json"), "w", encoding="utf-8") as handle:
         handle.write("{}")
     problems: List[str] = []
@@ -73,8 +75,9 @@ def test_load_states_fills_missing_fields_and_skips_junk(state_dir: str) -> None
     assert states["old"]["domain"] == "old"  # the file name wins
     assert states["old"]["delivered"] is None
     assert states["old"]["active"] is True
-    assert len(problems) == 1
+    assert len(problems) == 2
     assert "broken.json is not a valid state record" in problems[0]
+    assert "deep.json is not a valid state record" in problems[1]
     assert load_states(os.path.join(state_dir, "missing")) == {}
 
 

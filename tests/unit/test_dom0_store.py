@@ -147,6 +147,15 @@ def test_invalid_json_names_file_line_and_column(store: str, sockets: str) -> No
     assert "line 3 column 3" in message
 
 
+def test_json_nested_too_deeply_is_one_sentence(store: str, sockets: str) -> None:
+    deep = "[" * 100000 + "]" * 100000
+    path = write_raw(store, "web1", '{"socket": "/x", "meta-data": ' + deep + "}")
+    message = str(load_error(store, sockets))
+    assert path in message
+    assert "nests JSON too deeply to read" in message
+    assert "at most 64 levels" in message
+
+
 def test_not_an_object(store: str, sockets: str) -> None:
     write_raw(store, "web1", "[1, 2]")
     assert "must hold a JSON object" in str(load_error(store, sockets))

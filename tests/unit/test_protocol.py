@@ -738,6 +738,19 @@ class TestBundleValidate:
     def test_valid_bundle_passes(self) -> None:
         full_bundle().validate()
 
+    @pytest.mark.parametrize("part", ["meta-data", "network-config"])
+    def test_nesting_past_the_limit_is_refused(self, part: str) -> None:
+        deep: Any = "leaf"
+        for _ in range(protocol.MAX_JSON_DEPTH):
+            deep = [deep]
+        meta: Dict[str, Any] = {"instance-id": "iid-1"}
+        network: Dict[str, Any] = {"version": 2, "ethernets": {}}
+        (meta if part == "meta-data" else network)["x"] = deep
+        with pytest.raises(BundleError, match=f"{part} nests more than 64 levels"):
+            Bundle(meta, None, None, network).validate()
+        assert not protocol.json_too_deep([[1]], limit=2)
+        assert protocol.json_too_deep([[[1]]], limit=2)
+
     @pytest.mark.parametrize(
         "keys",
         [

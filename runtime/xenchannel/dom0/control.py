@@ -135,6 +135,8 @@ class ControlServer:
             request = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return _control_error("the request is not valid JSON")
+        except RecursionError:
+            return _control_error("the request is JSON nested too deeply; send a flat object")
         if not isinstance(request, dict):
             return _control_error("the request must be a JSON object with an op key")
         op = request.get("op")

@@ -102,7 +102,7 @@ def load_state(state_dir: str, domain: str) -> Optional[Dict[str, Any]]:
         return None
     try:
         return _normalise(domain, json.loads(data.decode("utf-8")))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
 
 

@@ -31,7 +31,7 @@ import shutil
 import stat
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
-from xenchannel.protocol import MAX_BUNDLE_SIZE, Bundle, BundleError, ChannelError
+from xenchannel.protocol import MAX_BUNDLE_SIZE, MAX_JSON_DEPTH, Bundle, BundleError, ChannelError
 
 DOMAIN_FILE = "domain.json"
 # \Z, not $: $ also matches before a trailing newline, and "vm1\n" is no domain name.
@@ -218,6 +218,11 @@ def load_domain(store_dir: str, name: str, socket_root: str) -> DomainEntry:
         raise StoreError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
             "fix the syntax or rewrite the file"
+        ) from None
+    except RecursionError:
+        raise StoreError(
+            f"{path} nests JSON too deeply to read; rewrite it with channel_metadata, whose "
+            f"meta-data and network-config may nest at most {MAX_JSON_DEPTH} levels"
         ) from None
     if not isinstance(doc, dict):
         raise StoreError(f"{path} must hold a JSON object with socket and meta-data keys")
