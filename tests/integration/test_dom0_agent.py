@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,7 +36,7 @@ import pytest
 
 from xenchannel.dom0 import cli
 from xenchannel.dom0.agent import Supervisor
-from xenchannel.dom0.config import AgentConfig
+from xenchannel.dom0.config import AgentConfig, AgentError
 from xenchannel.dom0.control import control_request
 from xenchannel.dom0.state import load_state
 from xenchannel.dom0.store import remove_domain, write_domain
@@ -1121,11 +1122,64 @@ def test_control_socket_is_private_and_a_second_agent_refuses(env: Env) -> None:
     async def scenario() -> None:
         async with running_agent(env.config()):
             assert os.stat(env.control).st_mode & 0o777 == 0o600
-            second = Supervisor(env.config())
+            # Its own state directory, the same control socket.
+            second = Supervisor(env.config(state_dir=os.path.join(env.root, "state2")))
             with pytest.raises(Exception, match="another agent is already listening"):
                 await asyncio.wait_for(second.run(), 5)
+            # The same state directory: refused before it touches anything there.
+            third = Supervisor(env.config(control_socket=os.path.join(env.root, "c3.sock")))
+            with pytest.raises(AgentError, match="another agent is using the state directory"):
+                await asyncio.wait_for(third.run(), 5)
+            assert not os.path.exists(os.path.join(env.root, "c3.sock"))
 
     run(scenario())
+
+
+def test_sigkill_at_any_moment_leaves_nothing_behind(env: Env) -> None:
+    """Killed mid-write (SIGKILL, at random moments of a start with hundreds of domains),
+    the agent leaves temporary files; the next start removes them, and every record it
+    finds is valid."""
+    for i in range(300):
+        name = f"vm{i:03d}"
+        write_domain(env.store, name, env.sock(name), make_bundle(f"iid-{name}", name, 300))
+    rng = random.Random(7)
+    log_path = os.path.join(env.root, "agent.log")
+    for _ in range(8):
+        with open(log_path, "w") as log:
+            proc = start_agent_process(env, stderr=log)
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.kill()
+            proc.wait(timeout=10)
+        os.unlink(env.control)  # stale: so that the next start's own socket is seen
+    # What a kill between creating and renaming a temporary file leaves, for certain.
+    planted = os.path.join(env.state, ".vm000.json.0123456789ab.tmp")
+    Path(planted).write_text('{"domain": "vm0', encoding="utf-8")
+    with open(log_path, "w") as log:
+        proc = start_agent_process(env, stderr=log)
+        try:
+            deadline = time.monotonic() + 30
+
+            def links() -> int:
+                reply = asyncio.run(control_request(env.control, {"op": "ping"}, 5))
+                return int(reply["domains"])
+
+            while links() < 300:
+                assert time.monotonic() < deadline, "not every domain followed within 30 s"
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    err = Path(log_path).read_text(encoding="utf-8")
+    assert proc.returncode == 0, err[-3000:]
+    problems = [line for line in err.splitlines() if "event=state-problem" in line]
+    assert len(problems) == 1 and "temporary file(s)" in problems[0], problems
+    left = sorted(n for n in os.listdir(env.state) if not n.endswith(".json"))
+    assert left == [".agent.lock"], left
+    for name in os.listdir(env.state):
+        if name.endswith(".json"):
+            record = json.loads(Path(env.state, name).read_text(encoding="utf-8"))
+            assert record["domain"] == name[: -len(".json")]
+            assert record["active"] is True and record["link"] == "stopped", record
 
 
 def test_status_cli_table_and_json(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1216,14 +1270,17 @@ def test_an_empty_control_socket_on_the_command_line_turns_it_off(env: Env) -> N
     assert "control_socket=- " in err, err
 
 
-def start_agent_process(env: Env, prefix: Sequence[str] = ()) -> "subprocess.Popen[str]":
-    """``python -m xenchannel.dom0 run`` on ``env``, once its control socket is there."""
+def start_agent_process(
+    env: Env, prefix: Sequence[str] = (), stderr: Any = subprocess.PIPE
+) -> "subprocess.Popen[str]":
+    """``python -m xenchannel.dom0 run`` on ``env``, once its control socket is there.
+    (With many domains, pass a file as ``stderr``: an unread pipe fills and stalls it.)"""
     environ = dict(os.environ, PYTHONPATH=str(RUNTIME))
     command = [
         *prefix, sys.executable, "-m", "xenchannel.dom0", "run", "--store", env.store,
         "--state", env.state, "--socket-root", env.sockets, "--control-socket", env.control,
     ]  # fmt: skip
-    proc = subprocess.Popen(command, env=environ, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, env=environ, stderr=stderr, text=True)
     deadline = time.monotonic() + 10
     while not os.path.exists(env.control):
         if proc.poll() is not None:

@@ -23,7 +23,7 @@ from xenchannel.dom0 import LOG, log_event
 from xenchannel.dom0.config import AgentConfig, AgentError
 from xenchannel.dom0.control import ControlServer
 from xenchannel.dom0.link import DomainLink, LinkState
-from xenchannel.dom0.state import StateRecorder, now_iso
+from xenchannel.dom0.state import StateDirBusy, StateRecorder, now_iso
 from xenchannel.dom0.store import (
     DomainEntry,
     Signature,
@@ -106,6 +106,8 @@ class Supervisor:
             self._stop_event.set()
         try:
             problems = self.recorder.restore()
+        except StateDirBusy as exc:
+            raise AgentError(str(exc)) from None
         except OSError as exc:
             raise AgentError(
                 f"cannot use the state directory {self.config.state_dir} ({exc.strerror}); "
@@ -173,6 +175,7 @@ class Supervisor:
             if pending:
                 log_event("-", "shutdown-slow", logging.WARNING, links=len(pending))
         await self.recorder.flush()
+        self.recorder.close()
         log_event("-", "stopped", domains=len(links))
 
     # ------------------------------------------------------------- store

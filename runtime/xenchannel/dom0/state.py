@@ -25,6 +25,7 @@ acknowledged the bundle the store holds *now*.
 
 import asyncio
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -32,9 +33,12 @@ import time
 from typing import Any, Dict, List, Optional, Set
 
 from xenchannel.dom0 import log_event
-from xenchannel.dom0.store import atomic_write, valid_domain_name
+from xenchannel.dom0.store import atomic_write, is_temporary, valid_domain_name
+from xenchannel.protocol import ChannelError
 
 STATE_SUFFIX = ".json"
+# Held (flock) by the agent that owns the state directory, for as long as it runs.
+LOCK_FILE = ".agent.lock"
 # Every field of a record, with its value for a domain nothing has happened to yet.
 _DEFAULTS: Dict[str, Any] = {
     "domain": "",
@@ -204,6 +208,38 @@ def summarise(state: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+class StateDirBusy(ChannelError):
+    """Another agent holds the state directory; str() is one sentence."""
+
+
+def _lock(state_dir: str) -> int:
+    """An fd holding the state directory's lock; StateDirBusy if another agent has it."""
+    path = os.path.join(state_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirBusy(
+            f"another agent is using the state directory {state_dir}; stop it, or give "
+            "this agent a state directory of its own (--state)"
+        ) from None
+    return fd
+
+
+def remove_temporaries(state_dir: str) -> int:
+    """Remove the temporary files a killed writer left in ``state_dir``; how many."""
+    removed = 0
+    for filename in os.listdir(state_dir):
+        if is_temporary(filename):
+            try:
+                os.unlink(os.path.join(state_dir, filename))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 class StateRecorder:
     """The agent's in-memory records, written to disk coalesced and off the event loop.
 
@@ -224,13 +260,30 @@ class StateRecorder:
         self._timers: Dict[str, asyncio.TimerHandle] = {}
         self._inflight: Dict[str, asyncio.Future[None]] = {}
         self._failing = False
+        self._lock_fd: Optional[int] = None
 
     def restore(self) -> List[str]:
         """Load the records on disk; returns sentences about files that were skipped."""
         problems: List[str] = []
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        if self._lock_fd is None:
+            self._lock_fd = _lock(self.state_dir)
+        # Only the lock's holder writes here: what a killed agent left half-written is
+        # garbage now, and nothing else would ever remove it.
+        removed = remove_temporaries(self.state_dir)
+        if removed:
+            problems.append(
+                f"removed {removed} temporary file(s) from {self.state_dir} that an agent "
+                "stopped in the middle of a write left behind"
+            )
         self.states = load_states(self.state_dir, problems)
         return problems
+
+    def close(self) -> None:
+        """Give up the state directory (after the last flush)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def get(self, domain: str) -> Optional[Dict[str, Any]]:
         return self.states.get(domain)

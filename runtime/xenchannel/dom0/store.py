@@ -40,6 +40,9 @@ KNOWN_KEYS = ("socket", "meta-data", "user-data", "vendor-data", "network-config
 # base64 inflates by 4/3 and JSON adds a little: a file this size cannot hold a bundle
 # under MAX_BUNDLE_SIZE, so reading stops there rather than loading something huge.
 MAX_FILE_SIZE = MAX_BUNDLE_SIZE * 4 // 3 + 1024 * 1024
+# atomic_write's temporary files: ".<name>.<12 hex digits>.tmp", beside the file.
+TEMP_SUFFIX = ".tmp"
+TEMP_NAME_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp\Z", re.DOTALL)
 # sun_path holds 108 bytes including the terminating NUL on Linux.
 MAX_SOCKET_PATH = 107
 
@@ -411,7 +414,7 @@ def atomic_write(path: str, data: bytes, sync: bool = True) -> None:
     others, not even for a moment.
     """
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}{TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         try:
@@ -432,6 +435,12 @@ def atomic_write(path: str, data: bytes, sync: bool = True) -> None:
         raise
     if sync:
         _fsync_dir(directory)
+
+
+def is_temporary(filename: str) -> bool:
+    """Whether ``filename`` is one of atomic_write's temporary files (a writer killed
+    between creating and renaming it leaves one behind)."""
+    return TEMP_NAME_RE.match(filename) is not None
 
 
 def _fsync_dir(directory: str) -> None:
