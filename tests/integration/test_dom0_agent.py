@@ -807,6 +807,63 @@ def test_bundles_past_the_cache_budget_are_read_at_each_request(env: Env) -> Non
     run(scenario())
 
 
+def test_two_entries_naming_one_socket_are_both_refused_until_fixed(env: Env) -> None:
+    write_domain(env.store, "alpha", env.sock("shared"), make_bundle("iid-a", "alpha"))
+    write_domain(env.store, "bravo", env.sock("shared"), make_bundle("iid-b", "bravo"))
+    write_domain(env.store, "other", env.sock("other"), make_bundle("iid-o", "other"))
+
+    async def scenario() -> None:
+        # Only inotify tells the agent what changed: the freed entry must be looked at
+        # again without a full rescan.
+        config = env.config(full_rescan_interval=3600.0)
+        async with qemu(env.sock("shared")) as shared, qemu(
+            env.sock("other")
+        ) as other, running_agent(config) as agent:
+            await other.accept()  # the other domains are unaffected
+            assert "alpha" not in agent.links and "bravo" not in agent.links
+            for name in ("alpha", "bravo"):
+                message = state_of(env, name)["last_error"]["message"]
+                assert message == (
+                    f"the store entries of alpha, bravo all name socket {env.sock('shared')}; "
+                    "give each domain a socket of its own (QEMU serves a channel to one domain)"
+                )
+            # Fixed: bravo gets a socket of its own, and alpha is served on the shared one.
+            write_domain(env.store, "bravo", env.sock("bravo"), make_bundle("iid-b", "bravo"))
+            guest = await shared.accept()
+            session = await guest.hello()
+            got, _ = await guest.fetch(session)
+            assert got == make_bundle("iid-a", "alpha")
+            await wait_until(lambda: agent.links.get("bravo") is not None)
+            assert agent.links["bravo"].socket == env.sock("bravo")
+
+    run(scenario())
+
+
+def test_a_socket_replaced_by_a_symlink_is_not_connected(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-web1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web2")), running_agent(env.config()) as agent:
+            # After the entry was loaded: a symlink to another domain's socket appears.
+            os.symlink(env.sock("web2"), env.sock("web1"))
+            link = agent.links["web1"]
+            await wait_until(lambda: state_of(env, "web1").get("link") == "refused")
+            message = state_of(env, "web1")["last_error"]["message"]
+            entry = os.path.join(env.store, "web1", "domain.json")
+            assert message.startswith(f"{entry} names socket {env.sock('web1')}, which is")
+            assert f"a symlink (to {env.sock('web2')})" in message
+            # Fixed: the symlink goes, QEMU's own socket is there, the link connects.
+            os.unlink(env.sock("web1"))
+            assert link.connection is None
+            async with qemu(env.sock("web1")) as q:
+                guest = await q.accept()
+                session = await guest.hello()
+                got, _ = await guest.fetch(session)
+                assert got == make_bundle("iid-web1", "web1")
+
+    run(scenario())
+
+
 def test_invalid_bundle_is_reported_to_the_guest(env: Env) -> None:
     directory = os.path.join(env.store, "web1")
     write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))

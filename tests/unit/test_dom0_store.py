@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -190,6 +191,51 @@ def test_socket_outside_root(store: str, sockets: str) -> None:
     assert "/tmp/elsewhere.sock" in message
 
 
+def test_socket_leaving_the_root_through_a_symlinked_directory(
+    store: str, sockets: str, root: str
+) -> None:
+    outside = os.path.join(root, "outside")
+    os.makedirs(outside)
+    os.makedirs(sockets)
+    os.symlink(outside, os.path.join(sockets, "via"))
+    path = write_raw(store, "web1", doc(sockets, socket=os.path.join(sockets, "via", "w.sock")))
+    error = load_error(store, sockets)
+    assert str(error).startswith(f"{path} names socket {sockets}/via/w.sock, whose directory")
+    assert f"resolves to {outside}, outside the socket root" in str(error)
+    assert error.socket is None  # nothing is served on a socket that cannot be trusted
+
+
+def test_socket_that_is_a_symlink_to_another_is_refused(store: str, sockets: str) -> None:
+    other = os.path.join(sockets, "web2.sock")
+    os.makedirs(sockets)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(other)
+        os.symlink(other, os.path.join(sockets, "web1.sock"))
+        path = write_raw(store, "web1", doc(sockets))
+        message = str(load_error(store, sockets))
+    assert message.startswith(f"{path} names socket {sockets}/web1.sock, which is a symlink")
+    assert f"(to {other}); name QEMU's socket itself" in message
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o750, 0o701])
+def test_a_domain_directory_open_to_others_is_refused(store: str, sockets: str, mode: int) -> None:
+    path = write_raw(store, "web1", doc(sockets))
+    directory = os.path.dirname(path)
+    os.chmod(directory, mode)
+    message = str(load_error(store, sockets))
+    assert message == (
+        f"{directory} is open to group or others (mode {mode:04o}), so they could swap "
+        f"its entry; run chmod 700 {directory}"
+    )
+
+
+def test_a_domain_directory_that_is_a_symlink_is_refused(store: str, sockets: str) -> None:
+    write_raw(store, "real", doc(sockets))
+    os.symlink(os.path.join(store, "real"), os.path.join(store, "web1"))
+    message = str(load_error(store, sockets))
+    assert message.startswith(f"{store}/web1 is a symlink; make it a directory of its own")
+
+
 @pytest.mark.parametrize("suffix", ["../escape.sock", "a/../../escape.sock", ".."])
 def test_dotdot_escape_is_refused(store: str, sockets: str, suffix: str) -> None:
     write_raw(store, "web1", doc(sockets, socket=sockets + "/" + suffix))
@@ -232,13 +278,13 @@ def test_foreign_owner_is_refused(store: str, sockets: str) -> None:
 
 def test_symlink_is_refused(store: str, sockets: str, root: str) -> None:
     target = write_raw(store, "real", doc(sockets))
-    os.makedirs(os.path.join(store, "web1"))
+    os.makedirs(os.path.join(store, "web1"), mode=0o700)
     os.symlink(target, os.path.join(store, "web1", DOMAIN_FILE))
     assert "cannot open" in str(load_error(store, sockets))
 
 
 def test_missing_file(store: str, sockets: str) -> None:
-    os.makedirs(os.path.join(store, "web1"))
+    os.makedirs(os.path.join(store, "web1"), mode=0o700)
     assert "does not exist" in str(load_error(store, sockets))
 
 

@@ -66,6 +66,13 @@ class Supervisor:
         # is answered without reading, parsing and hashing it again.
         self._cache: Dict[str, Tuple[Signature, bytes]] = {}
         self._cache_bytes = 0
+        # Which domains name each socket: one socket serves one domain, so two entries
+        # naming one are both refused until one of them changes (then the other is
+        # looked at again: ``_retry``).
+        self._claims: Dict[str, str] = {}
+        self._by_socket: Dict[str, Set[str]] = {}
+        self._shared_refused: Dict[str, str] = {}
+        self._retry: Set[str] = set()
         self._problems: Set[str] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop_event: Optional[asyncio.Event] = None
@@ -152,6 +159,9 @@ class Supervisor:
                     await self.rescan()
                 elif dirty:
                     await self.rescan_names(dirty)
+                while self._retry:
+                    retry, self._retry = self._retry, set()
+                    await self.rescan_names(retry)
             except Exception as exc:
                 # A bug or an I/O error in one rescan must not take every domain down.
                 log_event("-", "rescan-failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
@@ -282,6 +292,8 @@ class Supervisor:
 
     def _apply_entry(self, entry: DomainEntry) -> None:
         self._seen[entry.name] = entry.signature
+        if self._claim(entry.name, entry.socket):
+            return
         link = self.links.get(entry.name)
         if link is None:
             link = self._new_link(entry.name, entry.socket)
@@ -311,6 +323,10 @@ class Supervisor:
         self._seen[name] = scanned
         self._uncache(name)
         message = str(exc)
+        if exc.socket is not None and self._claim(name, exc.socket):
+            return
+        if exc.socket is None:
+            self._release(name)
         link = self.links.get(name)
         if exc.socket is not None:
             if link is None:
@@ -318,17 +334,62 @@ class Supervisor:
             link.set_invalid(message, exc.socket)
             return
         # No trustworthy socket (unsafe file, bad JSON): serve nothing on any socket.
+        self._refuse(name, message)
+
+    def _refuse(self, name: str, message: str) -> None:
+        """Serve ``name`` nothing, on any socket, until its entry changes."""
+        self._uncache(name)
+        link = self.links.pop(name, None)
         if link is not None:
-            del self.links[name]
             link.request_close("store-error")
         log_event(name, "store-error", logging.ERROR, error=message)
         self.recorder.update(
             name, active=True, bundle=None, last_error={"at": now_iso(), "message": message}
         )
 
+    def _claim(self, name: str, socket: str) -> bool:
+        """Record that ``name``'s entry names ``socket``; True if another domain's entry
+        names it too, and every one of them has been refused."""
+        if self._claims.get(name) != socket:
+            self._release(name)
+            self._claims[name] = socket
+            self._by_socket.setdefault(socket, set()).add(name)
+        holders = self._by_socket[socket]
+        if len(holders) < 2:
+            self._shared_refused.pop(name, None)
+            return False
+        names = sorted(holders)
+        message = (
+            f"the store entries of {', '.join(names)} all name socket {socket}; give each "
+            "domain a socket of its own (QEMU serves a channel to one domain)"
+        )
+        for holder in names:
+            if self._shared_refused.get(holder) != message:
+                self._shared_refused[holder] = message
+                self._refuse(holder, message)
+        return True
+
+    def _release(self, name: str) -> None:
+        """``name``'s entry no longer names its socket; a domain left alone on a socket
+        that was shared is looked at again."""
+        self._shared_refused.pop(name, None)
+        socket = self._claims.pop(name, None)
+        if socket is None:
+            return
+        holders = self._by_socket[socket]
+        holders.discard(name)
+        if not holders:
+            del self._by_socket[socket]
+        elif len(holders) == 1:
+            (left,) = holders
+            if left in self._shared_refused:
+                self._seen.pop(left, None)
+                self._retry.add(left)
+
     def _remove(self, name: str) -> None:
         self._seen.pop(name, None)
         self._uncache(name)
+        self._release(name)
         link = self.links.pop(name, None)
         if link is not None:
             link.request_close("removed")

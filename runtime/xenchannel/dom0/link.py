@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional
 from xenchannel.dom0 import log_event
 from xenchannel.dom0.connection import Connection
 from xenchannel.dom0.state import now_iso
-from xenchannel.dom0.store import DomainEntry
+from xenchannel.dom0.store import DomainEntry, domain_file, resolved_socket_problem
 from xenchannel.protocol import ChannelClosed, Skipped
 from xenchannel.session import HostState
 
@@ -39,6 +39,7 @@ class LinkState(enum.Enum):
     WAITING = "waiting"  # no socket: the domain is not running
     UNREACHABLE = "unreachable"  # the socket refused or did not answer: backing off
     DISCONNECTED = "disconnected"  # a connection ended: backing off before the next
+    REFUSED = "refused"  # the socket resolves somewhere unsafe: not connecting
     KNOCKED = "knocked"  # connected, KNOCK sent, no session yet
     SERVING = "serving"  # connected, the guest greeted: a session
     SENDING = "sending"  # connected, the bundle streams
@@ -257,7 +258,16 @@ class DomainLink:
                     self._reset_backoff = False
                     backoff = config.backoff_initial
                 path = self.socket
-                if not _is_socket(path):
+                # Checked again at each connect: a symlink may appear after the entry
+                # was loaded, and connecting through it would serve this domain's bundle
+                # to another domain's guest.
+                problem = resolved_socket_problem(path, config.socket_root)
+                if problem is not None:
+                    message = f"{domain_file(config.store_dir, self.name)} names {problem}"
+                    if self.state != LinkState.REFUSED:
+                        self.record_error(message)
+                    self._enter(LinkState.REFUSED, "socket-refused", logging.ERROR, error=message)
+                elif not _is_socket(path):
                     self._enter(LinkState.WAITING, "waiting", socket=path)
                 else:
                     try:

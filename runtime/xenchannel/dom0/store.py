@@ -211,6 +211,7 @@ def _scan_entry(
 def load_domain(store_dir: str, name: str, socket_root: str) -> DomainEntry:
     """Read and validate one domain's entry; StoreError with one sentence if unusable."""
     check_domain_name(name)
+    _check_private_directory(os.path.join(store_dir, name))
     path = os.path.join(store_dir, name, DOMAIN_FILE)
     raw, st = _read_private_file(path)
     try:
@@ -235,6 +236,9 @@ def load_domain(store_dir: str, name: str, socket_root: str) -> DomainEntry:
             f"{path} has unknown key {unknown[0]!r}; use only " + ", ".join(KNOWN_KEYS)
         )
     socket = check_socket_path(doc.get("socket"), socket_root, path)
+    problem = resolved_socket_problem(socket, socket_root)
+    if problem is not None:
+        raise StoreError(f"{path} names {problem}")
     if "meta-data" not in doc:
         raise StoreError(f"{path} has no meta-data; add a meta-data object", socket)
     user_data = _opaque_part(doc, "user-data", path, socket)
@@ -288,12 +292,7 @@ def _read_private_file(path: str) -> Tuple[bytes, os.stat_result]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise StoreError(f"{path} is not a regular file; replace it with one")
-        uid = os.geteuid()
-        if st.st_uid != uid:
-            raise StoreError(
-                f"{path} is owned by uid {st.st_uid}, not by the agent's uid {uid}; "
-                f"run chown {uid} {path}"
-            )
+        _check_owner(path, st)
         if st.st_mode & 0o077:
             raise StoreError(
                 f"{path} is readable or writable by group or others (mode "
@@ -320,6 +319,63 @@ def _read_private_file(path: str) -> Tuple[bytes, os.stat_result]:
         return b"".join(chunks), st
     finally:
         os.close(fd)
+
+
+def _check_owner(path: str, st: os.stat_result) -> None:
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise StoreError(
+            f"{path} is owned by uid {st.st_uid}, not by the agent's uid {uid}; "
+            f"run chown {uid} {path}"
+        )
+
+
+def _check_private_directory(directory: str) -> None:
+    """The domain's directory is a real directory only the agent's user can enter."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        raise StoreError(
+            f"{directory} does not exist; write the domain's entry with channel_metadata"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"cannot stat {directory} ({exc.strerror}); fix its permissions") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(
+            f"{directory} is a symlink; make it a directory of its own (a link lets whoever "
+            "controls its target choose what this domain is served)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{directory} is not a directory; remove it and write the entry again")
+    _check_owner(directory, st)
+    if st.st_mode & 0o077:
+        raise StoreError(
+            f"{directory} is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
+            f"so they could swap its entry; run chmod 700 {directory}"
+        )
+
+
+def resolved_socket_problem(socket: str, socket_root: str) -> Optional[str]:
+    """Why ``socket`` (already inside ``socket_root`` by its text) is unsafe by what it
+    resolves to, or None: its directory must resolve inside the socket root, and the
+    socket, once it exists, must be the socket itself, not a symlink to one."""
+    root = os.path.realpath(socket_root)
+    parent = os.path.realpath(os.path.dirname(socket))
+    if parent != root and os.path.commonpath([parent, root]) != root:
+        return (
+            f"socket {socket}, whose directory resolves to {parent}, outside the socket "
+            f"root {root}; remove the symlink or put the socket under {root}"
+        )
+    try:
+        st = os.lstat(socket)
+    except OSError:
+        return None  # not there yet: the domain is not running
+    if stat.S_ISLNK(st.st_mode):
+        return (
+            f"socket {socket}, which is a symlink (to {os.readlink(socket)}); name QEMU's "
+            "socket itself, one per domain"
+        )
+    return None
 
 
 def check_socket_path(value: Any, socket_root: str, path: str = "the store entry") -> str:
