@@ -38,6 +38,7 @@ raises `XlConfigError` (line, column, one sentence); nothing is ever rewritten f
 Standard library only; runs on Python 3.8+ (Ansible module_utils on dom0).
 """
 
+import difflib
 import re
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
@@ -631,7 +632,7 @@ class XlConfig:
         if key in self._effective:
             if self.get(key) == wanted and _same_types(self.get(key), wanted):
                 return False
-            self._set_existing(key, text)
+            self._set_existing(key, wanted, text)
         else:
             self._insert(key, text, after)
         if self.get(key) != wanted or not _same_types(self.get(key), wanted):
@@ -650,7 +651,7 @@ class XlConfig:
             self._splice(*self._removal_span(mine[-1]), "")
             changed = True
 
-    def _set_existing(self, key: str, text: str) -> None:
+    def _set_existing(self, key: str, wanted: XlValue, text: str) -> None:
         while True:
             mine = [s for s in self._settings if s.name == key]
             plain = [i for i, s in enumerate(mine) if s.op == "="]
@@ -659,10 +660,140 @@ class XlConfig:
                 break
             self._splice(*self._removal_span(mine[-1]), "")
         setting = mine[anchor]
+        if setting.op == "=" and isinstance(wanted, list):
+            edited = self._edit_list(setting, wanted)
+            if edited is not None:
+                self._replace_text(edited)
+                return
         new = self._text[: setting.value_start] + text + self._text[setting.value_end :]
         if setting.op == "+=":
             new = new[: setting.op_start] + "=" + new[setting.op_end :]
         self._replace_text(new)
+
+    def _edit_list(self, setting: _Setting, wanted: List[Any]) -> Optional[str]:
+        """The text with the list value of `setting` edited item by item, or None when
+        the whole value is better rewritten.
+
+        Only a list written over several lines can hold comments (a comment ends its
+        line), so only such a list of plain items is edited in place: items that stay keep
+        their text, a changed item gets new text where it stands, a removed item goes
+        with its line when it has one to itself (its trailing comment included), and a
+        new item gets a line of its own after the item it follows, indented like the
+        others. Comment lines and blank lines between the items stay.
+        """
+        tokens = self._tokens
+        if not isinstance(setting.value, list) or not wanted:
+            return None
+        if any(isinstance(item, list) for item in wanted):
+            return None
+        opening = next(i for i in range(setting.first, setting.last) if tokens[i].kind == "[")
+        closing = setting.last
+        inner = range(opening + 1, closing)
+        if any(tokens[i].kind == "[" for i in inner):
+            return None  # nested lists: not a list of plain items
+        if not any(tokens[i].kind == "nl" for i in inner):
+            return None  # one line: no comments to keep, so let the writer lay it out
+        items = [i for i in inner if tokens[i].kind in ("string", "number")]
+        if not items:
+            return None
+        text = self._text
+        commas: Dict[int, int] = {}
+        for index in items:
+            j = self._skip(index + 1, ("ws", "nl"))
+            if tokens[j].kind == ",":
+                commas[index] = j
+
+        def own_line(index: int) -> Optional[Tuple[int, int]]:
+            """(line start, line end) when the item has its line to itself."""
+            j = index - 1
+            while tokens[j].kind == "ws":
+                j -= 1
+            if tokens[j].kind != "nl":
+                return None
+            k = self._skip(index + 1, ("ws",))
+            if index in commas:
+                if k != commas[index]:
+                    return None  # its comma is on a later line
+                k = self._skip(k + 1, ("ws",))
+            if tokens[k].kind != "nl":
+                return None
+            return tokens[j].end, tokens[k].end
+
+        indent = "    "
+        for index in items:
+            j = self._skip_back(index - 1, ("ws",))
+            if tokens[j].kind == "nl":
+                indent = text[tokens[j].end : tokens[index].start]
+                break
+
+        old = [_python(atom) for atom in setting.value]
+        edits: List[Tuple[int, int, str]] = []
+
+        def insert_after(position: int, values: List[Any]) -> None:
+            new = [_format(value) for value in values]
+            if position < 0:
+                first = items[0]
+                line = own_line(first)
+                if line is not None:
+                    edits.append((line[0], line[0], "".join(f"{indent}{t},\n" for t in new)))
+                else:
+                    start = tokens[first].start
+                    edits.append((start, start, "".join(f"{t}, " for t in new)))
+                return
+            index = items[position]
+            comma = "" if index in commas else ","
+            line = own_line(index)
+            if line is not None:
+                if comma:
+                    edits.append((tokens[index].end, tokens[index].end, comma))
+                edits.append((line[1], line[1], "".join(f"{indent}{t},\n" for t in new)))
+            else:
+                after = tokens[commas[index]].end if index in commas else tokens[index].end
+                edits.append((after, after, comma + "".join(f"\n{indent}{t}," for t in new)))
+
+        def delete(position: int) -> None:
+            index = items[position]
+            line = own_line(index)
+            if line is not None:
+                edits.append((line[0], line[1], ""))
+                return
+            end = tokens[index].end
+            if index in commas:
+                end = tokens[self._skip(commas[index] + 1, ("ws",)) - 1].end
+            edits.append((tokens[index].start, end, ""))
+
+        keys = [(isinstance(v, str), v) for v in old]
+        wanted_keys = [(isinstance(v, str), v) for v in wanted]
+        matcher = difflib.SequenceMatcher(None, keys, wanted_keys, autojunk=False)
+        for op, i1, i2, j1, j2 in matcher.get_opcodes():
+            if op == "equal":
+                continue
+            paired = min(i2 - i1, j2 - j1)
+            for k in range(paired):
+                token = tokens[items[i1 + k]]
+                edits.append((token.start, token.end, _format(wanted[j1 + k])))
+            for k in range(i1 + paired, i2):
+                delete(k)
+            if j1 + paired < j2:
+                insert_after(i1 + paired - 1, wanted[j1 + paired : j2])
+        edits.sort(key=lambda e: (e[0], e[1]))
+        if any(a[1] > b[0] for a, b in zip(edits, edits[1:])):
+            return None  # a layout the rules above do not cover: rewrite the value
+        # From the end backwards, so earlier offsets stay valid; at one offset a removal
+        # goes first, then what is inserted there.
+        for start, end, replacement in reversed(edits):
+            text = text[:start] + replacement + text[end:]
+        return text
+
+    def _skip(self, index: int, kinds: Tuple[str, ...]) -> int:
+        while index < len(self._tokens) and self._tokens[index].kind in kinds:
+            index += 1
+        return index
+
+    def _skip_back(self, index: int, kinds: Tuple[str, ...]) -> int:
+        while index >= 0 and self._tokens[index].kind in kinds:
+            index -= 1
+        return index
 
     def _insert(self, key: str, text: str, after: Optional[str]) -> None:
         line = f"{key} = {text}\n"
@@ -678,7 +809,8 @@ class XlConfig:
                     pos = tok.end
                     break
         if pos > 0 and self._text[pos - 1] != "\n":
-            line = "\n" + line
+            # Only the end of a file can lack its newline; it keeps lacking it.
+            line = "\n" + line[:-1]
         self._splice(pos, pos, line)
 
     def _removal_span(self, setting: _Setting) -> Tuple[int, int]:
@@ -694,7 +826,13 @@ class XlConfig:
         if starts_line and ends_line:
             # The setting has its line(s) to itself: drop them, trailing comment included.
             line_start = tokens[j].end if j >= 0 else 0
-            return line_start, tokens[k].end if k < len(tokens) else len(self._text)
+            if k < len(tokens):
+                return line_start, tokens[k].end
+            if j >= 0 and self._text[tokens[j].start : tokens[j].end] == "\n":
+                # The last line had no newline: the line before it loses its own, so the
+                # file still ends without one (a comment's newline has to stay).
+                line_start = tokens[j].start
+            return line_start, len(self._text)
         k = setting.last + 1
         while k < len(tokens) and tokens[k].kind == "ws":
             k += 1

@@ -281,10 +281,67 @@ def test_replace_one_channel_of_several_in_a_commented_multiline_list(xl_means):
     channels[0] = CHANNEL
     assert doc.set("channel", channels) is True
     text = written(doc, {"name": "vm1", "channel": channels, "memory": 1024}, xl_means)
-    head, tail = "name = 'vm1'   # the guest\nchannel = ", "\nmemory = 1024 # MB\n"
-    assert text.startswith(head) and text.endswith(tail)
-    assert text[len(head) : -len(tail)] == format_value(channels)
-    assert format_value(channels) == '[\n    "' + CHANNEL + '",\n    "' + channels[1] + '",\n    ]'
+    # Only the changed item's text changes: the comment and the other item stay as written.
+    assert text == original.replace(
+        "'connection=socket, name=org.xenchannel.provision.0, path=/run/xenchannel/a.sock'",
+        f'"{CHANNEL}"',
+    )
+
+
+MULTILINE_CHANNELS = (
+    "channel = [\n"
+    "    # the provisioning agent\n"
+    "    'connection=socket, name=org.xenchannel.provision.0, path=/run/xenchannel/a.sock',\n"
+    "\n"
+    "    'connection=pty, name=org.example.console.1', # the console\n"
+    "    # the last one\n"
+    "    'connection=pty, name=org.example.log.0'\n"
+    "] # channels\n"
+)
+_A = "connection=socket, name=org.xenchannel.provision.0, path=/run/xenchannel/a.sock"
+_B = "connection=pty, name=org.example.console.1"
+_C = "connection=pty, name=org.example.log.0"
+_NEW = "connection=pty, name=org.qemu.guest_agent.0"
+
+
+@pytest.mark.parametrize(
+    ("channels", "expected"),
+    [
+        pytest.param(
+            [_A, _B, _C, _NEW],
+            MULTILINE_CHANNELS.replace("log.0'\n", f'log.0\',\n    "{_NEW}",\n'),
+            id="append",
+        ),
+        pytest.param(
+            [_A, _NEW, _B, _C],
+            MULTILINE_CHANNELS.replace("a.sock',\n", f'a.sock\',\n    "{_NEW}",\n'),
+            id="insert-in-the-middle",
+        ),
+        pytest.param(
+            [_A, _C],
+            MULTILINE_CHANNELS.replace(
+                "    'connection=pty, name=org.example.console.1', # the console\n", ""
+            ),
+            id="remove-with-its-own-comment",
+        ),
+        pytest.param(
+            [_B, _C],
+            MULTILINE_CHANNELS.replace(f"    '{_A}',\n", ""),
+            id="remove-the-first",
+        ),
+        pytest.param(
+            [_A, _NEW, _C],
+            MULTILINE_CHANNELS.replace(f"'{_B}'", f'"{_NEW}"'),
+            id="replace-keeps-the-comment-of-its-line",
+        ),
+    ],
+)
+def test_editing_a_multiline_list_keeps_its_comments(xl_means, channels, expected):
+    doc = XlConfig.parse(MULTILINE_CHANNELS)
+    assert doc.set("channel", channels) is True
+    assert written(doc, {"channel": channels}, xl_means) == expected
+    for comment in ("# the provisioning agent", "# the last one", "# channels"):
+        assert comment in doc.render()
 
 
 def test_set_replaces_only_the_value_text(xl_means):
@@ -300,7 +357,25 @@ def test_set_on_a_last_line_without_newline(xl_means):
     doc = XlConfig.parse("a = 1")
     doc.set("a", "x")
     doc.set("b", [1, "two"])
-    assert written(doc, {"a": "x", "b": [1, "two"]}, xl_means) == 'a = "x"\nb = [ 1, "two" ]\n'
+    # The file had no final newline, and still has none.
+    assert written(doc, {"a": "x", "b": [1, "two"]}, xl_means) == 'a = "x"\nb = [ 1, "two" ]'
+
+
+@pytest.mark.parametrize(
+    ("original", "key", "expected"),
+    [
+        pytest.param("a = 1\nb = 2", "b", "a = 1", id="last-line"),
+        pytest.param("a = 1\nb = [\n 2 ]", "b", "a = 1", id="last-multiline-setting"),
+        pytest.param("a = 1\n\nb = 2", "b", "a = 1\n", id="after-a-blank-line"),
+        # A comment must end with a newline, so that one stays.
+        pytest.param("a = 1 # one\nb = 2", "b", "a = 1 # one\n", id="after-a-comment"),
+    ],
+)
+def test_remove_keeps_a_missing_final_newline_missing(xl_means, original, key, expected):
+    doc = XlConfig.parse(original)
+    assert doc.remove(key) is True
+    assert doc.render() == expected
+    xl_means(expected, {k: v for k, v in XlConfig.parse(original).as_dict().items() if k != key})
 
 
 def test_set_is_idempotent_and_keeps_equal_values_as_written(xl_means):
@@ -420,7 +495,7 @@ def test_remove_a_multiline_setting_with_its_comments(xl_means):
         ("a=1; b=2; c=3\n", "b", "a=1; c=3\n"),
         ("a=1; b=2; c=3\n", "c", "a=1; b=2\n"),
         ("a=1;b=2", "b", "a=1"),
-        ("a=1\nb=2", "b", "a=1\n"),
+        ("a=1\nb=2", "b", "a=1"),  # no final newline before, none after
         ("  b = 2 ;  \na=1\n", "b", "a=1\n"),
         ("b=1\na=1\nb+=2\n", "b", "a=1\n"),
         ("a=1; b=2 # about b\n", "b", "a=1 # about b\n"),

@@ -126,9 +126,71 @@ def test_creates_the_key_at_the_end_without_vif_or_disk(tmp_path: Any, xl_oracle
     path = tmp_path / "bare.cfg"
     path.write_text('name = "bare"\nmemory = 512')
     run(str(path), [QGA])
-    assert read(str(path)) == f'name = "bare"\nmemory = 512\nchannel = [ "{QGA_SPEC}" ]\n'
+    # The file had no final newline, and still has none.
+    assert read(str(path)) == f'name = "bare"\nmemory = 512\nchannel = [ "{QGA_SPEC}" ]'
     seen = libxlutil.parse(read(str(path)))
     assert seen.values == {"name": "bare", "memory": "512", "channel": [QGA_SPEC]}
+
+
+def test_add_then_remove_keeps_a_missing_final_newline_missing(
+    tmp_path: Any, xl_oracle: Any
+) -> None:
+    path = tmp_path / "bare.cfg"
+    original = 'name = "bare"\nvif = [ "bridge=xenbr0" ]\nmemory = 512'
+    path.write_text(original)
+    run(str(path), [QGA])
+    assert read(str(path)) == original.replace(" ]\n", f' ]\nchannel = [ "{QGA_SPEC}" ]\n')
+    run(str(path), [{"name": QGA["name"]}], state="absent")
+    assert read(str(path)) == original
+    path.write_text(f'name = "bare"\nmemory = 512\nchannel = [ "{QGA_SPEC}" ]')
+    run(str(path), [{"name": QGA["name"]}], state="absent")
+    assert read(str(path)) == 'name = "bare"\nmemory = 512'
+
+
+COMMENTED = (
+    'name = "vm1"\n'
+    "channel = [\n"
+    "    # dom0's provisioning agent\n"
+    f"    '{AGENT_SPEC}',\n"
+    f"    '{QGA_SPEC}', # the guest agent\n"
+    "    ] # two channels\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("channels", "options", "expected"),
+    [
+        pytest.param(
+            [{"name": "org.example.log.0", "connection": "pty"}],
+            {},
+            COMMENTED.replace(
+                "agent\n    ]",
+                'agent\n    "connection=pty, name=org.example.log.0",\n    ]',
+            ),
+            id="add",
+        ),
+        pytest.param(
+            [{**AGENT, "path": f"{SOCKETS}/other.sock"}],
+            {},
+            COMMENTED.replace(f"'{AGENT_SPEC}'", f'"{AGENT_SPEC.replace("vm1", "other")}"'),
+            id="update",
+        ),
+        pytest.param(
+            [{"name": QGA["name"]}],
+            {"state": "absent"},
+            COMMENTED.replace(f"    '{QGA_SPEC}', # the guest agent\n", ""),
+            id="remove",
+        ),
+    ],
+)
+def test_edits_keep_the_comments_inside_the_channel_list(
+    tmp_path: Any, xl_oracle: Any, channels: List[Dict[str, Any]], options: Any, expected: str
+) -> None:
+    path = tmp_path / "vm1.cfg"
+    path.write_text(COMMENTED)
+    assert run(str(path), channels, **options)["changed"] is True
+    assert read(str(path)) == expected
+    libxlutil.parse(expected)
 
 
 def test_adds_a_second_channel_then_updates_one_in_place(cfg: str, xl_oracle: Any) -> None:
