@@ -1,8 +1,8 @@
 # Copyright (c) xenchannel contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""What the xl config modules do on dom0 itself: ask xl whether a domain runs, and
-replace a config file atomically.
+"""What the xl config modules do on dom0 itself: ask xl whether a domain runs, find the
+file a config path stands for, and replace a config file atomically.
 
 Shared by xl_channel and xl_domain_config so that both report `running` and
 `restart_required` the same way and write files the same way.
@@ -12,11 +12,12 @@ Standard library and AnsibleModule only; runs on Python 3.8+ (Ansible module_uti
 
 import os
 import re
+import stat
 import subprocess
 import tempfile
-from typing import Any, Union
+from typing import Any, Optional, Union
 
-__all__ = ["XL_TIMEOUT", "domain_running", "valid_domain_name", "write_atomic"]
+__all__ = ["XL_TIMEOUT", "config_file", "domain_running", "valid_domain_name", "write_atomic"]
 
 # The dom0 agent's domain names (runtime/xenchannel/dom0/store.py).
 DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -58,6 +59,63 @@ def domain_running(module: Any, domain: Any) -> Union[bool, str]:
         "running unknown"
     )
     return "unknown"
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def config_file(module: Any, path: str, option: str = "path") -> Optional[str]:
+    """The file that holds the xl config at `path`, or None when nothing is there.
+
+    That is `path` itself, or the file its symbolic links lead to: an edit is written
+    into that file and the links stay (as ansible.builtin.copy does with follow=true), so
+    a link in /etc/xen to a config kept elsewhere is not replaced by a copy that leaves
+    the real file stale. Fails the module, with one sentence naming `option`, the path
+    and the fix, when `path` is a directory or anything but a regular file, or a link
+    that leads to nothing or to something else.
+    """
+    if not os.path.lexists(path):
+        return None
+    link = os.path.islink(path)
+    target = os.path.realpath(path)
+    if link and not os.path.exists(path):
+        module.fail_json(
+            msg=(
+                f"{option} {path} is a symbolic link to {os.readlink(path)}, which does not "
+                "exist (or is a loop of links); point the link at the domain's config file, "
+                f"or give {option} the config file itself"
+            ),
+            path=path,
+        )
+    mode = os.stat(target).st_mode
+    if stat.S_ISDIR(mode):
+        what = f"a symbolic link to the directory {target}" if link else "a directory"
+        module.fail_json(
+            msg=(
+                f"{option} {path} is {what}, not an xl config file; give {option} the "
+                f"config file itself, for example {os.path.join(target, 'web1.cfg')}"
+            ),
+            path=path,
+        )
+    if not stat.S_ISREG(mode):
+        what = f"a symbolic link to {target}, which is {_kind(mode)}" if link else _kind(mode)
+        module.fail_json(
+            msg=(
+                f"{option} {path} is {what}, not an xl config file; give {option} a regular "
+                "file (or a symbolic link to one)"
+            ),
+            path=path,
+        )
+    return target
 
 
 def write_atomic(module: Any, path: str, data: bytes) -> None:

@@ -34,6 +34,9 @@ description:
     rewritten.
   - The file is replaced atomically (a temporary file in the same directory, then a
     rename), keeping its mode, owner and group.
+  - When O(path) is a symbolic link, the file it leads to is edited and the link stays,
+    as M(ansible.builtin.copy) does with C(follow=true). A link to nothing, to a
+    directory or to anything but a regular file is refused, and so is a directory.
   - Channels cannot be hot-plugged. When O(domain) is given and C(xl) is on the PATH, the
     module runs C(xl list <domain>) (at most 10 seconds) and reports in RV(restart_required)
     whether the domain is running and its channels changed, so the change only takes
@@ -221,6 +224,7 @@ from ansible_collections.xenchannel.provision.plugins.module_utils.xl_config imp
     XlConfigError,
 )
 from ansible_collections.xenchannel.provision.plugins.module_utils.xl_host import (
+    config_file,
     domain_running,
     valid_domain_name,
     write_atomic,
@@ -240,6 +244,7 @@ class XlChannel:
         self.state = params["state"]
         self.exact = params["exact"]
         self.socket_dir = params["socket_dir"]
+        self.file = self.path  # the file written: path, or where its links lead
         self.wanted = [
             {key: item[key] for key in CHANNEL_KEYS if item.get(key) is not None}
             for item in params["channels"]
@@ -276,13 +281,14 @@ class XlChannel:
             )
 
     def read(self):
-        if not os.path.exists(self.path):
+        self.file = config_file(self.module, self.path)
+        if self.file is None:
             self.fail(
                 f"{self.path} does not exist; xl_channel edits an existing domain config, "
                 "so create it first"
             )
         try:
-            with open(self.path, "rb") as handle:
+            with open(self.file, "rb") as handle:
                 data = handle.read()
         except OSError as exc:
             self.fail(f"cannot read {self.path}: {exc}")
@@ -369,7 +375,7 @@ class XlChannel:
         backup_file = None
         if changed and not self.module.check_mode:
             if self.module.params["backup"]:
-                backup_file = self.module.backup_local(self.path)
+                backup_file = self.module.backup_local(self.file)
             self.write(new_data)
         channels_changed = [pair[1] for pair in existing] != channels
         running = self.running()
@@ -401,7 +407,7 @@ class XlChannel:
         return max(present, key=lambda key: doc.lines(key)[-1])
 
     def write(self, data):
-        write_atomic(self.module, self.path, data)
+        write_atomic(self.module, self.file, data)
 
     def running(self):
         """True, False, or "unknown" (no domain given, no xl, or xl failed)."""

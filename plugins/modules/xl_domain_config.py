@@ -36,6 +36,11 @@ description:
   - The file is replaced atomically (a temporary file in the same directory, then a
     rename), keeping an existing file's mode, owner and group unless O(mode), O(owner) or
     O(group) say otherwise.
+  - When O(path) is a symbolic link, the file it leads to is written (and given O(mode),
+    O(owner) and O(group)) and the link stays, as M(ansible.builtin.copy) does with
+    C(follow=true). A link to nothing, to a directory or to anything but a regular file
+    is refused, and so is a directory; with O(state=absent) a link itself is removed,
+    not the file it points to.
   - When C(xl) is on the PATH, the module runs C(xl list <name>) (at most 10 seconds) and
     reports in RV(restart_required) whether the domain is running and its settings
     changed; a changed config takes effect at the next C(xl create).
@@ -303,6 +308,7 @@ from ansible_collections.xenchannel.provision.plugins.module_utils.xl_config imp
     XlConfigError,
 )
 from ansible_collections.xenchannel.provision.plugins.module_utils.xl_host import (
+    config_file,
     domain_running,
     write_atomic,
 )
@@ -317,6 +323,7 @@ class XlDomainConfig:
         self.module = module
         self.params = module.params
         self.path = self.params["path"]
+        self.file = self.path  # the file written: path, or where its links lead
 
     def fail(self, msg, **extra):
         self.module.fail_json(msg=msg, path=self.path, **extra)
@@ -359,13 +366,15 @@ class XlDomainConfig:
 
     def start(self, wanted):
         """(old bytes or None, document to edit, edits, anchored)."""
-        if os.path.exists(self.path):
+        target = config_file(self.module, self.path)
+        if target is not None:
+            self.file = target
             data, doc = self.read(self.path, "the domain config")
             return data, doc, wanted, True
         template = self.params["template"]
         if template is None:
             return None, XlConfig(""), wanted, False
-        if not os.path.exists(template):
+        if config_file(self.module, template, "template") is None:
             self.fail(f"template {template} does not exist; give an existing xl config file")
         _data, doc = self.read(template, "the template")
         problems = check_template(doc, self.params, template)
@@ -403,12 +412,12 @@ class XlDomainConfig:
         backup_file = None
         if changed and not self.module.check_mode:
             if self.params["backup"] and not created:
-                backup_file = self.module.backup_local(self.path)
+                backup_file = self.module.backup_local(self.file)
             # atomic_move gives a new file the umask's mode before attributes() sets
             # the wanted one; 077 closes that window for configs holding vncpasswd.
             umask = os.umask(0o077) if created else None
             try:
-                write_atomic(self.module, self.path, new_data)
+                write_atomic(self.module, self.file, new_data)
             finally:
                 if umask is not None:
                     os.umask(umask)
@@ -434,24 +443,29 @@ class XlDomainConfig:
         mode = self.params["mode"]
         if mode is None and created:
             mode = NEW_FILE_MODE
-        if not os.path.exists(self.path):
+        if not os.path.exists(self.file):
             return changed  # check mode, creating: nothing to compare yet
-        changed = self.module.set_mode_if_different(self.path, mode, changed)
-        changed = self.module.set_owner_if_different(self.path, self.params["owner"], changed)
-        return self.module.set_group_if_different(self.path, self.params["group"], changed)
+        # The file's own attributes, not a link's (which has none of its own to speak of).
+        changed = self.module.set_mode_if_different(self.file, mode, changed)
+        changed = self.module.set_owner_if_different(self.file, self.params["owner"], changed)
+        return self.module.set_group_if_different(self.file, self.params["group"], changed)
 
     def remove(self):
-        exists = os.path.exists(self.path)
+        # A link is removed itself, as ansible.builtin.file removes one, even when it
+        # leads nowhere; the file it points to stays.
+        link = os.path.islink(self.path)
+        exists = link or config_file(self.module, self.path) is not None
         data = None
         backup_file = None
         if exists:
-            try:
-                with open(self.path, "rb") as handle:
-                    data = handle.read()
-            except OSError as exc:
-                self.fail(f"cannot read {self.path}: {exc}")
+            if os.path.isfile(self.path):
+                try:
+                    with open(self.path, "rb") as handle:
+                        data = handle.read()
+                except OSError as exc:
+                    self.fail(f"cannot read {self.path}: {exc}")
             if not self.module.check_mode:
-                if self.params["backup"]:
+                if self.params["backup"] and data is not None:
                     backup_file = self.module.backup_local(self.path)
                 try:
                     os.unlink(self.path)

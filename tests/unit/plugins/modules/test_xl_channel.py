@@ -395,3 +395,76 @@ def test_xl_failing_otherwise_is_unknown_with_a_warning(cfg: str, no_xl: str) ->
     result = run(cfg, [AGENT], domain="vm1")
     assert (result["running"], result["restart_required"]) == ("unknown", None)
     assert any("privcmd" in w for w in result["warnings"])
+
+
+# -- a config path that is a symbolic link, a directory or not a file ----------------------
+
+
+def test_a_symlinked_config_is_edited_through_the_link(tmp_path: Any, xl_oracle: Any) -> None:
+    real_dir = tmp_path / "configs"
+    real_dir.mkdir()
+    real = real_dir / "vm1.cfg"
+    real.write_text(BASE)
+    os.chmod(real, 0o640)
+    link = tmp_path / "vm1.cfg"
+    link.symlink_to(os.path.join("configs", "vm1.cfg"))
+    check = run(str(link), [AGENT], _ansible_check_mode=True, _ansible_diff=True)
+    assert check["changed"] is True
+    assert check["diff"]["before"] == BASE and AGENT_SPEC in check["diff"]["after"]
+    assert read(str(real)) == BASE and os.path.islink(link)
+    result = run(str(link), [AGENT], backup=True, _ansible_diff=True)
+    assert result["changed"] is True and result["diff"] == check["diff"]
+    # The link stays a link, and the file it points at holds the change.
+    assert os.path.islink(link) and os.readlink(link) == os.path.join("configs", "vm1.cfg")
+    assert_xl_reads(str(real), [AGENT_SPEC])
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
+    assert os.path.dirname(result["backup_file"]) == str(real_dir)
+    assert read(result["backup_file"]) == BASE
+    assert run(str(link), [AGENT])["changed"] is False
+
+
+def _fifo(tmp_path: Any) -> str:
+    path = str(tmp_path / "fifo.cfg")
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(
+            lambda t: os.symlink(str(t / "gone.cfg"), str(t / "vm1.cfg")),
+            "is a symbolic link to {t}/gone.cfg, which does not exist (or is a loop of links); "
+            "point the link at the domain's config file, or give path the config file itself",
+            id="dangling-link",
+        ),
+        pytest.param(
+            lambda t: os.symlink(str(t), str(t / "vm1.cfg")),
+            "is a symbolic link to the directory {t}, not an xl config file; give path the "
+            "config file itself, for example {t}/web1.cfg",
+            id="link-to-a-directory",
+        ),
+        pytest.param(
+            lambda t: os.symlink(_fifo(t), str(t / "vm1.cfg")),
+            "is a symbolic link to {t}/fifo.cfg, which is a FIFO, not an xl config file; "
+            "give path a regular file (or a symbolic link to one)",
+            id="link-to-a-fifo",
+        ),
+        pytest.param(
+            lambda t: os.mkdir(str(t / "vm1.cfg")),
+            "is a directory, not an xl config file; give path the config file itself, for "
+            "example {t}/vm1.cfg/web1.cfg",
+            id="directory",
+        ),
+    ],
+)
+def test_a_path_that_is_no_config_file_is_refused_with_a_sentence(
+    tmp_path: Any, make: Any, message: str
+) -> None:
+    make(tmp_path)
+    path = str(tmp_path / "vm1.cfg")
+    before = sorted(os.listdir(tmp_path))
+    failed = fail(path, [AGENT])
+    assert failed["msg"] == f"path {path} " + message.format(t=tmp_path)
+    assert "Errno" not in failed["msg"]
+    assert sorted(os.listdir(tmp_path)) == before

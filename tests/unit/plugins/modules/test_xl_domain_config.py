@@ -287,3 +287,89 @@ def test_template_path_problems(tmp_path: Any, template: str) -> None:
     assert (result["line"], result["column"]) == (2, 11)
     assert "the template" in result["msg"]
     assert not path.exists()
+
+
+# -- a config path that is a symbolic link, a directory or not a file ----------------------
+
+
+def test_a_symlinked_config_is_written_through_the_link(
+    tmp_path: Any, template: str, xl_means: Any
+) -> None:
+    real_dir = tmp_path / "configs"
+    real_dir.mkdir()
+    real = real_dir / "web1.cfg"
+    real.write_text(CLONE_TEXT)
+    os.chmod(real, 0o644)
+    link = tmp_path / "web1.cfg"
+    link.symlink_to(real)
+    changed = dict(CLONE, memory=3072, maxmem=4096)
+    check = run(path=str(link), _ansible_check_mode=True, _ansible_diff=True, **changed)
+    assert check["changed"] is True and check["created"] is False
+    assert "memory = 3072" in check["diff"]["after"]
+    assert read(real) == CLONE_TEXT
+    result = run(path=str(link), mode="0600", backup=True, _ansible_diff=True, **changed)
+    assert result["changed"] is True and result["diff"] == check["diff"]
+    assert os.path.islink(link) and os.readlink(link) == str(real)
+    assert read(real) == CLONE_TEXT.replace("memory = 2048", "memory = 3072")
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o600
+    assert os.path.dirname(result["backup_file"]) == str(real_dir)
+    assert run(path=str(link), mode="0600", **changed)["changed"] is False
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(
+            lambda t: os.symlink(str(t / "gone.cfg"), str(t / "web1.cfg")),
+            "path {t}/web1.cfg is a symbolic link to {t}/gone.cfg, which does not exist (or "
+            "is a loop of links); point the link at the domain's config file, or give path "
+            "the config file itself",
+            id="dangling-link",
+        ),
+        pytest.param(
+            lambda t: os.symlink(str(t), str(t / "web1.cfg")),
+            "path {t}/web1.cfg is a symbolic link to the directory {t}, not an xl config "
+            "file; give path the config file itself, for example {t}/web1.cfg",
+            id="link-to-a-directory",
+        ),
+        pytest.param(
+            lambda t: os.mkdir(str(t / "web1.cfg")),
+            "path {t}/web1.cfg is a directory, not an xl config file; give path the config "
+            "file itself, for example {t}/web1.cfg/web1.cfg",
+            id="directory",
+        ),
+    ],
+)
+def test_a_path_that_is_no_config_file_is_refused_with_a_sentence(
+    tmp_path: Any, make: Any, message: str
+) -> None:
+    make(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    failed = fail(path=str(tmp_path / "web1.cfg"), **CLONE)
+    assert failed["msg"] == message.format(t=tmp_path)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_directory_as_template_or_to_remove_gets_a_sentence(tmp_path: Any) -> None:
+    failed = fail(path=str(tmp_path / "web1.cfg"), template=str(tmp_path), **CLONE)
+    assert failed["msg"] == (
+        f"template {tmp_path} is a directory, not an xl config file; give template the "
+        f"config file itself, for example {tmp_path}/web1.cfg"
+    )
+    (tmp_path / "old.cfg").mkdir()
+    failed = fail(path=str(tmp_path / "old.cfg"), state="absent")
+    assert failed["msg"].startswith(f"path {tmp_path}/old.cfg is a directory, not an xl config")
+    assert (tmp_path / "old.cfg").is_dir()
+
+
+def test_absent_removes_a_link_and_keeps_the_file_it_points_to(tmp_path: Any) -> None:
+    real = tmp_path / "real.cfg"
+    real.write_text(CLONE_TEXT)
+    link = tmp_path / "web1.cfg"
+    link.symlink_to(real)
+    assert run(path=str(link), state="absent")["changed"] is True
+    assert not os.path.lexists(link) and read(real) == CLONE_TEXT
+    dangling = tmp_path / "gone.cfg"
+    dangling.symlink_to(tmp_path / "nothing.cfg")
+    assert run(path=str(dangling), state="absent")["changed"] is True
+    assert not os.path.lexists(dangling)
