@@ -91,6 +91,9 @@ _ESCAPE_OUT = {
 }
 _C_SPACE = " \t\n\v\f\r"
 _PYTHONISH = "+-.():"
+# Characters of an arithmetic expression or a signed or decimal number, none of which xl
+# reads in a value.
+_ARITHMETIC = "+-*/%().~^&|"
 # A list written on one line when it is this short; longer ones get one item per line.
 _ONE_LINE_LIST = 72
 
@@ -251,15 +254,73 @@ class _Parser:
                 f"unexpected {c!r} at the very end of the file, which xl would silently drop; "
                 "remove it or end the file with a newline",
             )
-        hint = ""
-        if c in _PYTHONISH:
-            hint = " (xl config files are not Python)"
-        elif "A" <= c <= "Z" or c == "_":
-            hint = " (xl names and hex digits are lower-case)"
+        specific = self._bad_word(pos) if "A" <= c <= "Z" or c == "_" else None
+        if specific is not None:
+            return self.error(pos, specific)
+        if c in _ARITHMETIC and self._in_value():
+            return self.error(
+                pos,
+                f"unexpected {c!r} in a value: xl does no arithmetic and has no negative or "
+                "decimal numbers, so a value is one number, one quoted string or a [ list ]; "
+                "write the result itself (memory = 1024, not 512 * 2), or quote it as a string",
+            )
+        hint = " (xl config files are not Python)" if c in _PYTHONISH else ""
         return self.error(
             pos,
             f"unexpected character {c!r}{hint}; xl accepts only lower-case names, numbers, quoted "
             "strings, [ ] , = += ; and # comments here",
+        )
+
+    def _word_start(self, pos: int) -> int:
+        """Where the run of name characters holding `pos` starts (the lexer may already
+        have taken its lower-case beginning as a token)."""
+        start = pos
+        while start > 0 and (self.text[start - 1].isalnum() or self.text[start - 1] in "_."):
+            start -= 1
+        return start
+
+    def _in_value(self) -> bool:
+        """Whether the lexer is after the = of a statement (the last non-blank token so far
+        is not a newline or ;)."""
+        for tok in reversed(self.tokens):
+            if tok.kind != "ws":
+                return tok.kind not in ("nl", ";")
+        return False
+
+    def _bad_word(self, pos: int) -> Optional[str]:
+        """One sentence for an upper-case letter or _ where xl wants a lower-case token."""
+        start = self._word_start(pos)
+        end = pos
+        while end < len(self.text) and (self.text[end].isalnum() or self.text[end] in "_."):
+            end += 1
+        word = self.text[start:end]
+        if not word.isascii():
+            return None
+        if word[0].isdigit():
+            return (
+                f"the number {word!r} has upper-case letters, which xl refuses; write it in "
+                f"lower case: {word.lower()}"
+            )
+        before = [t for t in self.tokens if t.end <= start and t.kind != "ws"]
+        if before and before[-1].kind in ("number", "string", "]"):
+            return (
+                f"unexpected {word!r} after a complete value; xl takes one value per "
+                "setting, so remove it or turn it into a comment with #"
+            )
+        if before and before[-1].kind not in ("nl", ";"):
+            return (
+                f"the value {word!r} is not quoted, and xl reads only lower-case words outside "
+                f'quotes (and only as setting names); write it as a string: "{word}"'
+            )
+        lower = word.lower()
+        if is_setting_name(lower):
+            return (
+                f"the setting name {word!r} is not lower-case, which xl refuses; write it in "
+                f"lower case: {lower}"
+            )
+        return (
+            f"the setting name {word!r} is not one xl accepts; start it with a lower-case "
+            "letter and use only lower-case letters, digits, '_' and '.'"
         )
 
     def dequote(self, start: int, end: int) -> str:

@@ -489,6 +489,51 @@ def test_remove_a_multiline_setting_with_its_comments(xl_means):
 
 
 @pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "Memory = 512\n",
+            "vm1.cfg: line 1, column 1: the setting name 'Memory' is not lower-case, which xl "
+            "refuses; write it in lower case: memory",
+            id="upper-case-key",
+        ),
+        pytest.param(
+            "name = 'vm1'\nmaxMem = 512\n",
+            "vm1.cfg: line 2, column 4: the setting name 'maxMem' is not lower-case, which xl "
+            "refuses; write it in lower case: maxmem",
+            id="upper-case-inside-a-key",
+        ),
+        pytest.param(
+            "memory = 512 * 2\n",
+            "vm1.cfg: line 1, column 14: unexpected '*' in a value: xl does no arithmetic and "
+            "has no negative or decimal numbers, so a value is one number, one quoted string "
+            "or a [ list ]; write the result itself (memory = 1024, not 512 * 2), or quote it "
+            "as a string",
+            id="arithmetic",
+        ),
+        pytest.param(
+            "type = PVH\n",
+            "vm1.cfg: line 1, column 8: the value 'PVH' is not quoted, and xl reads only "
+            "lower-case words outside quotes (and only as setting names); write it as a "
+            'string: "PVH"',
+            id="unquoted-upper-case-value",
+        ),
+        pytest.param(
+            "vcpus = 0x1F\nmemory = 512\n",
+            "vm1.cfg: line 1, column 12: the number '0x1F' has upper-case letters, which xl "
+            "refuses; write it in lower case: 0x1f",
+            id="upper-case-hex",
+        ),
+    ],
+)
+def test_parse_errors_name_the_input_and_the_fix(xl_oracle, text, message):
+    assert not xl_oracle.accepts(text)
+    with pytest.raises(XlConfigError) as caught:
+        XlConfig.parse(text, source="vm1.cfg")
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
     ("original", "key", "result"),
     [
         ("a=1; b=2; c=3\n", "a", "b=2; c=3\n"),
@@ -543,13 +588,21 @@ ERRORS = [
     pytest.param("disk = [ 'a',\n 'b'\nmemory = 1\n", 3, 1, "expected , or ]", id="missing-]"),
     pytest.param("disk = [ 'a', 'b'", 1, 8, "never closed", id="missing-]-at-eof"),
     pytest.param("memory = 512 mb\n", 1, 14, "end of the line", id="garbage-after-value"),
-    pytest.param("memory = 512 MB\n", 1, 14, "unexpected character 'M'", id="upper-case-garbage"),
+    pytest.param(
+        "memory = 512 MB\n",
+        1,
+        14,
+        "unexpected 'MB' after a complete value",
+        id="upper-case-garbage",
+    ),
     pytest.param("memory 512\n", 1, 8, "expected = or +=", id="missing-equals"),
     pytest.param("memory =\n512\n", 1, 9, "expected a value", id="value-on-next-line"),
     pytest.param("Memory = 1\n", 1, 1, "lower-case", id="upper-case-name"),
-    pytest.param("a = 1\n_b = 2\n", 2, 1, "unexpected character '_'", id="underscore-start"),
-    pytest.param("a = -1\n", 1, 5, "not Python", id="negative-number"),
-    pytest.param("a = 1.5\n", 1, 6, "not Python", id="float"),
+    pytest.param(
+        "a = 1\n_b = 2\n", 2, 1, "setting name '_b' is not one xl accepts", id="underscore-start"
+    ),
+    pytest.param("a = -1\n", 1, 5, "xl does no arithmetic", id="negative-number"),
+    pytest.param("a = 1.5\n", 1, 6, "no negative or decimal numbers", id="float"),
     pytest.param("a = 1\r\nb = 2\r\n", 1, 6, "CRLF", id="crlf"),
     pytest.param("a = [1,,2]\n", 1, 8, "as a list item", id="double-comma"),
     pytest.param("a = [,]\n", 1, 6, "as a list item", id="leading-comma"),
@@ -563,7 +616,7 @@ ERRORS = [
     pytest.param("a = ['x']\na += 'y'\n", 2, 3, "+= adds a string", id="plus-equals-kinds-2"),
     pytest.param("a = 1\nb\n", 2, 2, "expected = or +=", id="name-alone"),
     pytest.param("1 = 2\n", 1, 1, "expected a setting name", id="number-as-name"),
-    pytest.param("a = 0x1F\n", 1, 8, "lower-case", id="upper-case-hex"),
+    pytest.param("a = 0x1F\n", 1, 8, "write it in lower case: 0x1f", id="upper-case-hex"),
     pytest.param("a = 1 \u00e9\n", 1, 7, "unexpected character", id="non-ascii-outside-string"),
     pytest.param("a = [[1]\n", 1, 5, "never closed", id="nested-unclosed"),
     pytest.param("a = [1,\n", 1, 5, "never closed", id="unclosed-after-comma"),
