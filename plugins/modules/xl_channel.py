@@ -147,9 +147,18 @@ EXAMPLES = r"""
     backup: true
   register: web1_channel
 
-- name: Restart web1 if its channels changed while it ran
-  ansible.builtin.command: xl reboot web1
+# Channels take effect only when the domain is created again from its config file:
+# "xl reboot" (or a reboot inside the guest) keeps the configuration it was created with.
+- name: Apply web1's new channels if they changed while it ran
   when: web1_channel.restart_required | default(false, true)
+  block:
+    - name: Shut web1 down and wait until it is gone
+      ansible.builtin.command: xl shutdown -w web1
+      changed_when: true
+
+    - name: Create web1 again from its config file
+      ansible.builtin.command: xl create /etc/xen/web1.cfg
+      changed_when: true
 
 - name: Remove the provisioning channel again
   xenchannel.provision.xl_channel:

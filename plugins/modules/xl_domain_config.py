@@ -184,7 +184,8 @@ options:
 notes:
   - Comments of the template are copied into the clone with its other lines.
   - Memory ballooning and vCPU changes of a running domain are not applied live; use
-    C(xl mem-set) and C(xl vcpu-set), or restart the domain when RV(restart_required).
+    C(xl mem-set) and C(xl vcpu-set), or, when RV(restart_required), shut the domain
+    down and create it again from the file (C(xl shutdown -w), then C(xl create)).
 seealso:
   - module: xenchannel.provision.xl_channel
   - module: xenchannel.provision.channel_metadata
@@ -219,10 +220,18 @@ EXAMPLES = r"""
     backup: true
   register: web1_config
 
-- name: Restart web1 when its config changed while it ran
-  ansible.builtin.command: xl reboot web1
+# A changed config takes effect only when the domain is created again from the file:
+# "xl reboot" (or a reboot inside the guest) keeps the configuration it was created with.
+- name: Apply web1's new config if it changed while web1 ran
   when: web1_config.restart_required | default(false, true)
-  changed_when: true
+  block:
+    - name: Shut web1 down and wait until it is gone
+      ansible.builtin.command: xl shutdown -w web1
+      changed_when: true
+
+    - name: Create web1 again from its config file
+      ansible.builtin.command: xl create /etc/xen/web1.cfg
+      changed_when: true
 
 - name: A config from scratch, with disk specs in xl's own syntax
   xenchannel.provision.xl_domain_config:

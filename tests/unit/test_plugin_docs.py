@@ -188,3 +188,31 @@ def test_module_options_match_argument_spec(collections: str) -> None:
         documented = docs[PREFIX + name]["doc"].get("options") or {}
         problems += _compare(f"{name}: ", documented, spec)
     assert not problems, "\n".join(problems)
+
+
+def _tasks(tasks: List[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    for task in tasks:
+        yield task
+        yield from _tasks(task.get("block", []))
+
+
+@pytest.mark.parametrize("module", ["xl_channel", "xl_domain_config"])
+def test_the_restart_examples_apply_the_new_config(module: str) -> None:
+    """`xl reboot` keeps the configuration a domain was created with: a changed config
+    takes effect only after `xl shutdown -w` and `xl create` of the config file."""
+    import yaml  # noqa: PLC0415 - only this test reads EXAMPLES as YAML
+
+    with open(os.path.join(ROOT, "plugins", "modules", module + ".py")) as handle:
+        source = handle.read()
+    namespace: Dict[str, Any] = {}
+    exec(source.split("\nimport ", 1)[0], namespace)  # only the doc strings
+    plays = yaml.safe_load(namespace["EXAMPLES"])
+    restarts = [t for t in plays if "restart_required" in str(t.get("when", ""))]
+    assert restarts, f"{module}'s EXAMPLES no longer show what to do on restart_required"
+    for restart in restarts:
+        index = plays.index(restart)
+        written = next(t[PREFIX + module] for t in reversed(plays[:index]) if PREFIX + module in t)
+        domain = written.get("domain") or written.get("name")
+        command = "ansible.builtin.command"
+        commands = [t[command] for t in _tasks([restart]) if command in t]
+        assert commands == [f"xl shutdown -w {domain}", f"xl create {written['path']}"], restart
