@@ -25,13 +25,14 @@ import time
 
 from cloudinit import sources
 
+from xenchannel.channel_name import DEFAULT_CHANNEL_NAME, channel_name_problem
 from xenchannel.guest import ClientConfig, GuestClient, wait_for_path
 from xenchannel.protocol import ChannelError
 
 LOG = logging.getLogger(__name__)
 
 DS_NAME = "XenChannel"
-DEFAULT_CHANNEL = "org.xenchannel.provision.0"
+DEFAULT_CHANNEL = DEFAULT_CHANNEL_NAME
 XEN_CHANNEL_DIR = "dev/xen-channel"
 VIRTIO_PORTS_DIR = "dev/virtio-ports"
 # The xenbus devices of this domain's secondary consoles (its channels): the kernel makes
@@ -107,12 +108,9 @@ def read_settings(ds_cfg):
             )
         settings[key] = value
     name = ds_cfg.get("channel_name", DEFAULT_CHANNEL)
-    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-        raise SettingsError(
-            "{} must be a channel name such as {} (no '/'), not {!r}".format(
-                _setting_name("channel_name"), DEFAULT_CHANNEL, name
-            )
-        )
+    problem = channel_name_problem(name)
+    if problem is not None:
+        raise SettingsError("{} {!r} {}".format(_setting_name("channel_name"), name, problem))
     settings["channel_name"] = name
     root = ds_cfg.get("root", "/")
     if not isinstance(root, str) or not root.startswith("/"):

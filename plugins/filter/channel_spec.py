@@ -1,16 +1,22 @@
 # Copyright (c) xenchannel contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Filters between xl channel specs and dicts: channel_spec and parse_channel_spec.
+"""Filters between xl channel specs and dicts (channel_spec, parse_channel_spec), and
+the channel-name rule for roles (channel_name_problem).
 
-Both are thin wrappers of module_utils/channel_spec.py (format_spec, parse_spec and
-validate_channel), so they read and write specs exactly as the xl_channel module does.
-Their documentation is in channel_spec.yml and parse_channel_spec.yml next to this file.
+All are thin wrappers of module_utils: channel_spec.py (format_spec, parse_spec and
+validate_channel), so they read and write specs exactly as the xl_channel module does,
+and channel_name.py, the one channel-name rule the modules, the guest's udev helper, the
+in-guest agent's role and the datasource share. Their documentation is in
+channel_spec.yml, parse_channel_spec.yml and channel_name_problem.yml next to this file.
 """
 
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.xenchannel.provision.plugins.module_utils.channel_name import (
+    channel_name_problem as _problem,
+)
 from ansible_collections.xenchannel.provision.plugins.module_utils.channel_spec import (
     ChannelSpecError,
     format_spec,
@@ -67,9 +73,16 @@ def parse_channel_spec(spec, socket_dir=None):
     return channel
 
 
+def channel_name_problem(name, what="channel name"):
+    """ "" for a channel name; else one sentence: `what`, the name, what is wrong, the fix."""
+    problem = _problem(name)
+    return "" if problem is None else f"{what} {name!r} {problem}."
+
+
 class FilterModule:
     def filters(self):
         return {
             "channel_spec": channel_spec,
             "parse_channel_spec": parse_channel_spec,
+            "channel_name_problem": channel_name_problem,
         }

@@ -11,7 +11,8 @@ trimmed from both halves. xl knows the keys `backend`, `name`, `path` and `conne
 The project's rules on top of xl.cfg(5), each violation reported as one sentence naming
 the input and the fix:
 
-* `name` is mandatory and is a versioned reverse domain name (see `valid_name`);
+* `name` is mandatory and is a channel name: a versioned reverse domain name of at most
+  128 characters, the rule every party uses (`channel_name.py`, shared with the runtime);
 * `connection` is mandatory: `socket` or `pty`;
 * `path` is required for `socket` (and refused for `pty`, which ignores it): absolute, in
   normal form (so no `..`), strictly inside one of the allowed directories, at most 107
@@ -28,8 +29,12 @@ Standard library only; runs on Python 3.8+ (Ansible module_utils on dom0).
 """
 
 import posixpath
-import re
 from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+from ansible_collections.xenchannel.provision.plugins.module_utils.channel_name import (
+    channel_name_problem,
+    valid_channel_name,
+)
 
 __all__ = [
     "CHANNEL_KEYS",
@@ -51,17 +56,8 @@ CONNECTIONS = ("socket", "pty")
 MAX_CHANNELS = 9
 # sizeof(sockaddr_un.sun_path) is 108, NUL included.
 MAX_SOCKET_PATH = 107
-MAX_NAME = 255
 FORBIDDEN = ',="'
 C_SPACE = " \t\n\v\f\r"
-
-# A versioned reverse domain name: two or more DNS-style labels (lower-case letters,
-# digits, '-' and '_', not starting or ending with '-' or '_'; the first label starts
-# with a letter), then a version label: a decimal integer without leading zeros.
-# org.xenchannel.provision.0 and org.qemu.guest_agent.0 match; agent.0, org.example,
-# Org.Example.0 and org.example.v1 do not.
-_LABEL = r"[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?"
-_NAME = re.compile(r"[a-z](?:[a-z0-9_-]*[a-z0-9])?(?:\." + _LABEL + r")+\.(?:0|[1-9][0-9]*)\Z")
 
 Channel = Mapping[str, str]
 ChannelInput = Union[str, Channel]
@@ -76,8 +72,8 @@ class ChannelSpecError(ValueError):
 
 
 def valid_name(name: str) -> bool:
-    """Whether `name` is a versioned reverse domain name (org.xenchannel.provision.0)."""
-    return isinstance(name, str) and len(name) <= MAX_NAME and _NAME.match(name) is not None
+    """Whether `name` is a channel name: the project's one rule (`channel_name.py`)."""
+    return valid_channel_name(name)
 
 
 def parse_spec(spec: str) -> Dict[str, str]:
@@ -239,9 +235,7 @@ def validate_channel(channel: ChannelInput, allowed_dirs: Union[str, Sequence[st
         )
     elif not valid_name(name):
         problems.append(
-            f"channel {desc} has the name {name!r}, which is not a versioned reverse domain "
-            "name; use two or more lower-case labels and a numeric version, e.g. "
-            "org.xenchannel.provision.0."
+            f"channel {desc} has the name {name!r}, which {channel_name_problem(name)}."
         )
     connection = channel.get("connection")
     path = channel.get("path")

@@ -29,11 +29,18 @@ PACKAGE = "xenchannel"
 # everything under that directory. A guest runs the guest client, the in-guest agent and
 # what the datasource imports (xenchannel.guest), dom0 runs its agent and the store and
 # bundle rules the collection's modules import (xenchannel.dom0); both speak the protocol
-# and watch paths with inotify.
+# and watch paths with inotify, and both know the one rule for a channel's name.
 # No guest code on dom0, no dom0 code on a guest: each host runs and imports all it has.
 COMPONENTS = {
-    "dom0": ("__init__.py", "protocol.py", "session.py", "inotify.py", "dom0/"),
-    "guest": ("__init__.py", "protocol.py", "session.py", "inotify.py", "guest/"),
+    "dom0": ("__init__.py", "protocol.py", "session.py", "inotify.py", "channel_name.py", "dom0/"),
+    "guest": (
+        "__init__.py",
+        "protocol.py",
+        "session.py",
+        "inotify.py",
+        "channel_name.py",
+        "guest/",
+    ),
 }
 # Without these a component cannot run; a collection that lacks them was built or
 # installed wrongly.

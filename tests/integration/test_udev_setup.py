@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+from xenchannel.channel_name import valid_channel_name
+
 REPO = Path(__file__).resolve().parents[2]
 UDEV = REPO / "runtime" / "udev"
 SCRIPT = UDEV / "xenchannel-console-setup"
@@ -219,13 +221,13 @@ def test_add_links_the_name_to_the_hvc(guest: Guest) -> None:
 
 
 def test_two_consoles_get_two_links(guest: Guest) -> None:
-    guest.set_name(1, "org.example.a")
-    guest.set_name(2, "org.example.b")
+    guest.set_name(1, "org.example.a.0")
+    guest.set_name(2, "org.example.b.0")
     _ok(guest.add(1))
     _ok(guest.add(2))
-    assert os.readlink(guest.links / "org.example.a") == "../hvc1"
-    assert os.readlink(guest.links / "org.example.b") == "../hvc2"
-    assert guest.channel_entries() == ["org.example.a", "org.example.b"]
+    assert os.readlink(guest.links / "org.example.a.0") == "../hvc1"
+    assert os.readlink(guest.links / "org.example.b.0") == "../hvc2"
+    assert guest.channel_entries() == ["org.example.a.0", "org.example.b.0"]
 
 
 def test_parallel_adds_and_removes(guest: Guest) -> None:
@@ -308,13 +310,13 @@ def test_add_takes_over_a_stale_absolute_link(guest: Guest) -> None:
 
 
 def test_remove_deletes_only_its_own_links(guest: Guest) -> None:
-    guest.set_name(1, "org.example.a")
-    guest.set_name(2, "org.example.b")
+    guest.set_name(1, "org.example.a.0")
+    guest.set_name(2, "org.example.b.0")
     _ok(guest.add(1))
     _ok(guest.add(2))
     _ok(guest.remove(1))
-    assert guest.channel_entries() == ["org.example.b"]
-    assert os.readlink(guest.links / "org.example.b") == "../hvc2"
+    assert guest.channel_entries() == ["org.example.b.0"]
+    assert os.readlink(guest.links / "org.example.b.0") == "../hvc2"
     assert "removed" in guest.log()
 
 
@@ -392,20 +394,158 @@ def test_hostile_names_are_refused_and_logged(guest: Guest, name: bytes) -> None
     assert not (guest.root / "pwned").exists()
 
 
-def test_name_starting_with_dash_is_safe(guest: Guest) -> None:
-    guest.set_name(1, "-rf")
+def test_name_starting_with_dash_is_refused(guest: Guest) -> None:
+    guest.set_name(1, "-rf.example.0")
     _ok(guest.add(1))
-    assert os.readlink(guest.links / "-rf") == "../hvc1"
-    _ok(guest.remove(1))
     assert guest.channel_entries() == []
+    assert "refused channel name '-rf.example.0'" in guest.log()
 
 
 def test_name_of_128_characters_is_accepted(guest: Guest) -> None:
-    name = "a." + "b" * 125 + "_"
+    name = "org." + "b" * 122 + ".0"
     assert len(name) == 128
     guest.set_name(2, name)
     _ok(guest.add(2))
     assert os.readlink(guest.links / name) == "../hvc2"
+
+
+# -- the one channel-name rule ---------------------------------------------------------------
+
+
+def _rule_classes() -> List[bytes]:
+    """Names of every class the rule (runtime/xenchannel/channel_name.py) tells apart."""
+    names = [b"", b"a", b"a.0", b"a.b", b"a.b.0", b"org.xenchannel.provision.0"]
+    names += [b"org.qemu.guest_agent.0", b"org.xenproject.guest.clipboard.0.1"]
+    # Lengths around the bound, in a valid shape: 0/1 above, then 127..129, 255, 256.
+    for length in (5, 6, 127, 128, 129, 255, 256):
+        names.append(b"org." + b"a" * (length - 6) + b".0" if length >= 6 else b"a.b.0")
+    # Every byte but NUL (which neither xenstore nor a shell can hold), in every place
+    # of a name: starting it, starting, inside and ending a label, and in the version.
+    for code in [*range(1, 128), 0x80, 0xC3, 0xE9, 0xFF]:
+        c = bytes([code])
+        names += [
+            c + b"org.x.0",
+            b"org." + c + b"x.0",
+            b"org.x" + c + b"y.0",
+            b"org.x" + c + b".0",
+            b"org.x.1" + c,
+            b"org.x." + c,
+        ]
+    names += ["caf\u00e9.example.0".encode(), "org.caf\u00e9.0".encode()]
+    # Path characters, dots, dashes, versions, label counts.
+    names += [
+        b"../../etc/passwd",
+        b"org/x.0",
+        b"/org.x.0",
+        b"org.x.0/",
+        b".",
+        b"..",
+        b".org.x.0",
+        b"org.x.0.",
+        b"org..x.0",
+        b"org.x..0",
+        b"-org.x.0",
+        b"org.-x.0",
+        b"org.x-.0",
+        b"org.x_.0",
+        b"org._x.0",
+        b"org.x-y_z.0",
+        b"org.x.00",
+        b"org.x.01",
+        b"org.x.10",
+        b"org.x.-1",
+        b"org.x.v1",
+        b"org.x.1.2.3",
+        b"org.0.0",
+        b"org.x",
+        b"0rg.x.0",
+        b"Org.x.0",
+        b"org.X.0",
+        b"a.b.c.d.e.f.g.0",
+        b"org.x.0\n",
+        b"org.x.0\norg.y.0",
+        b" org.x.0",
+        b"org.x.0 ",
+        b"$(touch pwned).x.0",
+    ]
+    return list(dict.fromkeys(names))
+
+
+RULE_CLASSES = _rule_classes()
+
+
+def _rule(name: bytes) -> bool:
+    return valid_channel_name(name.decode("utf-8", "surrogateescape"))
+
+
+def _script_functions() -> str:
+    """The helper's MAX_NAME and its name-checking functions (valid_*), as the script has
+    them."""
+    text = SCRIPT.read_text()
+    max_name = re.search(r"^MAX_NAME=.*$", text, re.MULTILINE)
+    bodies = re.findall(r"^valid_\w+\(\) \{\n.*?^\}\n", text, re.S | re.M)
+    assert max_name and any(b.startswith("valid_name()") for b in bodies), "helper reshaped"
+    return "LC_ALL=C\nexport LC_ALL\n" + max_name.group(0) + "\n" + "".join(bodies)
+
+
+def test_the_rule_classes_hold_both_answers() -> None:
+    answers = [_rule(name) for name in RULE_CLASSES]
+    assert sum(answers) >= 20 and len(answers) - sum(answers) >= 500
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_helper_decides_every_class_of_name_as_the_rule(shell: str) -> None:
+    """valid_name of the real script, run by each shell on every class of input, against
+    xenchannel.channel_name (the rule xl_channel, the roles and the datasource use)."""
+    driver = (
+        _script_functions()
+        + 'for name in "$@"; do if valid_name "$name"; then echo 1; else echo 0; fi; done\n'
+    )
+    argv = ["busybox", "sh"] if shell == "busybox" else [shell]
+    proc = subprocess.run(
+        [*argv, "-c", driver, "sh", *[os.fsdecode(name) for name in RULE_CLASSES]],
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    answers = proc.stdout.decode().split()
+    assert len(answers) == len(RULE_CLASSES)
+    wrong = [
+        (name, answer)
+        for name, answer in zip(RULE_CLASSES, answers)
+        if (answer == "1") != _rule(name)
+    ]
+    assert wrong == [], f"the helper and xenchannel.channel_name disagree: {wrong[:10]}"
+
+
+END_TO_END = [
+    b"org.xenchannel.provision.0",
+    b"org." + b"a" * 122 + b".0",
+    b"org." + b"a" * 123 + b".0",
+    b"org." + b"a" * 249 + b".0",
+    b"a.b.0",
+    b"a.0",
+    b"Org.x.0",
+    b"org.x.01",
+    b"org..x.0",
+    b"-org.x.0",
+    b"org.x_.0",
+    b"org.x-y_z.10",
+]
+
+
+@pytest.mark.parametrize("name", END_TO_END, ids=lambda n: repr(n)[:40])
+def test_the_helper_links_a_name_exactly_when_the_rule_accepts_it(
+    guest: Guest, name: bytes
+) -> None:
+    guest.set_name(1, name)
+    _ok(guest.add(1))
+    if _rule(name):
+        assert guest.channel_entries() == [name.decode()]
+    else:
+        assert guest.channel_entries() == []
+        assert "refused channel name" in guest.log()
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from typing import List
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime" / "xenchannel"
 # The top-level entries of runtime/xenchannel each kind of host runs.
 TOPS = {
-    "guest": ("__init__.py", "protocol.py", "session.py", "inotify.py", "guest"),
-    "dom0": ("__init__.py", "protocol.py", "session.py", "inotify.py", "dom0"),
+    "guest": ("__init__.py", "protocol.py", "session.py", "inotify.py", "channel_name.py", "guest"),
+    "dom0": ("__init__.py", "protocol.py", "session.py", "inotify.py", "channel_name.py", "dom0"),
 }
 
 

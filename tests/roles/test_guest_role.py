@@ -254,7 +254,7 @@ def test_guest_role_settings_dropin_disable_and_prune(rolebox) -> None:
     box = role.box
     settings = {
         "role": "xenchannel.provision.guest",
-        "guest_channel_name": "org.example.other",
+        "guest_channel_name": "org.example.other.0",
         "guest_agent_config": {
             "wait-timeout": 60,
             "user": "debian",
@@ -271,7 +271,7 @@ def test_guest_role_settings_dropin_disable_and_prune(rolebox) -> None:
     assert not box.exists(stale)
     assert box.read(DROPIN).splitlines()[-1] == (
         "ExecStart=/usr/bin/python3 -m xenchannel.guest.agent "
-        "--device=/dev/xen-channel/org.example.other --user=debian --verbose --wait-timeout=60"
+        "--device=/dev/xen-channel/org.example.other.0 --user=debian --verbose --wait-timeout=60"
     )
     assert not box.exists(AGENT_WANTS)
     assert role.play([settings]).check().changed == 0
@@ -286,7 +286,7 @@ def test_guest_role_settings_dropin_disable_and_prune(rolebox) -> None:
     [
         pytest.param(
             {"guest_channel_name": "../evil"},
-            'guest_channel_name "../evil" is not a channel name',
+            "guest_channel_name '../evil' is not a versioned reverse domain name",
             id="name",
         ),
         pytest.param(

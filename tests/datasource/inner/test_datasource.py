@@ -199,8 +199,19 @@ def test_defaults_bound_a_silent_dom0_to_seconds():
         ({"retries": 2.5}, "datasource.XenChannel.retries must be an integer"),
         ({"retries": True}, "retries must be an integer"),
         ({"retries": 11}, "retries must be between 0 and 10, not 11"),
-        ({"channel_name": "a/b"}, "channel_name must be a channel name"),
-        ({"channel_name": ""}, "channel_name must be a channel name"),
+        (
+            {"channel_name": "a/b"},
+            "datasource.XenChannel.channel_name 'a/b' is not a versioned reverse domain name; "
+            "use two or more lower-case labels and a numeric version, e.g. "
+            "org.xenchannel.provision.0",
+        ),
+        ({"channel_name": ""}, "channel_name '' is not a versioned reverse domain name"),
+        ({"channel_name": "agent"}, "channel_name 'agent' is not a versioned reverse domain"),
+        (
+            {"channel_name": "org." + "a" * 123 + ".0"},
+            "is 129 characters long, over the 128 a channel name may have",
+        ),
+        ({"channel_name": 7}, "channel_name 7 is not a string"),
         ({"root": "relative"}, "root must be an absolute path"),
         ({"sensitive_keys": "pw"}, "sensitive_keys must be a list of meta-data key names"),
         ({"check_platform_uuid": "yes"}, "check_platform_uuid must be true or false"),

@@ -35,7 +35,34 @@ def test_registered(plugin: Any) -> None:
     assert filters == {
         "channel_spec": plugin.channel_spec,
         "parse_channel_spec": plugin.parse_channel_spec,
+        "channel_name_problem": plugin.channel_name_problem,
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "sentence"),
+    [
+        ("org.xenchannel.provision.0", ""),
+        ("org." + "a" * 122 + ".0", ""),
+        (
+            "org." + "a" * 123 + ".0",
+            "guest_channel_name 'org."
+            + "a" * 123
+            + ".0' is 129 characters long, over the 128 a channel name may have (the guest "
+            "would never link it); use a shorter name.",
+        ),
+        (
+            "My-Channel",
+            "guest_channel_name 'My-Channel' is not a versioned reverse domain name; use two "
+            "or more lower-case labels and a numeric version, e.g. org.xenchannel.provision.0.",
+        ),
+        ("../evil", "guest_channel_name '../evil' is not a versioned reverse domain name"),
+        (7, "guest_channel_name 7 is not a string"),
+    ],
+)
+def test_channel_name_problem_is_the_one_rule(plugin: Any, name: Any, sentence: str) -> None:
+    found = plugin.channel_name_problem(name, "guest_channel_name")
+    assert found.startswith(sentence) and bool(found) == bool(sentence)
 
 
 def test_channel_spec_is_format_spec(plugin: Any, xl_oracle: Any) -> None:

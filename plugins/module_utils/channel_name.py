@@ -1,0 +1,1 @@
+../../runtime/xenchannel/channel_name.py
