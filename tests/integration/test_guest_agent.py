@@ -379,6 +379,46 @@ def test_device_never_appearing_is_a_clear_bounded_failure(tmp_path: Any) -> Non
     assert read(f"{root}/etc/hostname") == "template\n"
 
 
+@pytest.mark.parametrize(
+    ("device", "problem"),
+    [
+        pytest.param(
+            "/dev/xen-channel/org." + "a" * 123 + ".0",
+            "is 129 characters long, over the 128 a channel name may have",
+            id="too-long",
+        ),
+        pytest.param(
+            "/dev/xen-channel/My-Channel",
+            "is not a versioned reverse domain name",
+            id="not-reverse-dns",
+        ),
+        pytest.param(
+            "/dev/virtio-ports/org.example", "is not a versioned reverse domain", id="virtio"
+        ),
+    ],
+)
+def test_a_device_named_against_the_channel_name_rule_is_refused_at_once(
+    tmp_path: Any, device: str, problem: str
+) -> None:
+    """udev never links such a name (the one rule, xenchannel.channel_name), so the agent
+    says so instead of waiting for a device that cannot come."""
+    root = make_root(tmp_path)
+    start = time.monotonic()
+    done = subprocess.run(
+        agent_argv(device, root, "--once", "--wait-timeout", "30"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=runtime_env(),
+        check=False,
+    )
+    assert time.monotonic() - start < 10
+    assert done.returncode == 2, done.stderr
+    name = os.path.basename(device)
+    assert f"--device {device}: the channel name {name!r} {problem}" in done.stderr
+    assert "so udev never makes that link" in done.stderr
+
+
 # ---------------------------------------------------------------- the channel
 
 

@@ -34,6 +34,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from xenchannel import __version__
+from xenchannel.channel_name import channel_name_problem
 from xenchannel.protocol import Bundle, ChannelError
 
 from . import REPORT_STATUS_DONE, REPORT_STATUS_PROGRAM
@@ -48,6 +49,8 @@ from .client import ClientConfig, GuestClient
 LOG = logging.getLogger("xenchannel.guest.agent")
 
 DEFAULT_STATE_DIR = "/var/lib/xenchannel"
+# Where udev links a channel by its name (Xen channels; virtio-serial ports off Xen).
+CHANNEL_LINK_DIRS = ("/dev/xen-channel", "/dev/virtio-ports")
 RECORD_NAME = "applied.json"
 # cloud-init counts as installed and enabled when its command exists and neither of the
 # switches its own systemd generator honours turns it off (the file, the kernel option).
@@ -609,6 +612,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--root {args.root} is not a directory")
     if not args.state_dir.startswith("/"):
         parser.error("--state-dir must be absolute (it is taken inside --root)")
+    directory, name = os.path.split(args.device)
+    if directory in CHANNEL_LINK_DIRS and channel_name_problem(name) is not None:
+        # The udev helper links only names the rule accepts: waiting would never end well.
+        parser.error(
+            f"--device {args.device}: the channel name {name!r} {channel_name_problem(name)}, "
+            "so udev never makes that link"
+        )
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(message)s",
