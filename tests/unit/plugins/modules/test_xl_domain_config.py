@@ -302,7 +302,8 @@ def test_a_symlinked_config_is_written_through_the_link(
     os.chmod(real, 0o644)
     link = tmp_path / "web1.cfg"
     link.symlink_to(real)
-    changed = dict(CLONE, memory=3072, maxmem=4096)
+    changed = dict(CLONE)
+    changed.update(memory=3072, maxmem=4096)
     check = run(path=str(link), _ansible_check_mode=True, _ansible_diff=True, **changed)
     assert check["changed"] is True and check["created"] is False
     assert "memory = 3072" in check["diff"]["after"]
