@@ -1066,6 +1066,19 @@ class Refused(Event):
         self.reply = reply
 
 
+class Dropped(Event):
+    """A guest request left unanswered on purpose: a version-1 guest's GET_BUNDLE past
+    the pacing bound (it cannot be told ``busy``).  Dropped, not queued, so a flood
+    costs dom0 nothing later and delays no later request; the guest asks again after its
+    own timeout."""
+
+    __slots__ = ("message_type", "reason")
+
+    def __init__(self, message_type: str, reason: str) -> None:
+        self.message_type = message_type
+        self.reason = reason
+
+
 class BundleRequested(Event):
     """GET_BUNDLE in this session: read the store, then ``HostSession.send_bundle``.
     ``delay`` is how long a version-1 guest's request waits for its turn (pacing)."""
@@ -1314,8 +1327,11 @@ class HostSession:
                 message = f"too many GET_BUNDLE requests; ask again in {wait:.2f} s"
                 reply = error_message(ERR_BUSY, message, request_id, self.version, wait)
                 return Refused("GET_BUNDLE", ERR_BUSY, message, False, reply)
+            if wait > self._burst / self._rate:
+                # As many as a burst wait their turn already: this one is dropped.
+                return Dropped("GET_BUNDLE", "past the pacing of GET_BUNDLE requests")
             # A version-1 guest's request waits its turn: the token it will use is spent
-            # now, so the next one waits longer still.
+            # now, so the next one waits longer still (at most a burst's worth).
             delay = wait
         self._tokens -= 1.0
         return BundleRequested(request_id, self.session_id, request.resume, delay)

@@ -822,6 +822,8 @@ def test_two_entries_naming_one_socket_are_both_refused_until_fixed(env: Env) ->
             await other.accept()  # the other domains are unaffected
             assert "alpha" not in agent.links and "bravo" not in agent.links
             for name in ("alpha", "bravo"):
+                # Records are written a little after the event (coalesced writes).
+                await wait_until(lambda n=name: state_of(env, n).get("last_error"))  # type: ignore[misc]
                 message = state_of(env, name)["last_error"]["message"]
                 assert message == (
                     f"the store entries of alpha, bravo all name socket {env.sock('shared')}; "
@@ -917,6 +919,116 @@ def test_a_flood_of_get_bundle_requests_is_paced(env: Env) -> None:
                 begins += 1
             # 40 requests at once: the burst, then GET_BUNDLE_RATE a second.
             assert GET_BUNDLE_BURST <= begins <= GET_BUNDLE_BURST + window * GET_BUNDLE_RATE + 1
+
+    run(scenario())
+
+
+def test_version_1_get_bundles_past_the_pace_are_dropped_not_queued(env: Env) -> None:
+    """A flood must not delay the next honest request: what a burst cannot wait for is
+    dropped and counted, not queued behind the ones before it."""
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            session = await guest.hello()
+            for rid in range(100, 340):
+                guest.send(MessageType.GET_BUNDLE, {"session": session}, rid)
+            await wait_until(
+                lambda: (
+                    (state_of(env, "web1").get("counters") or {})
+                    .get("dropped_requests", {})
+                    .get("paced", 0)
+                    >= 200
+                )
+            )
+            # The requests that were kept have been answered within a burst's wait.
+            await asyncio.sleep(2.5)
+            while not guest.frames.empty():
+                guest.frames.get_nowait()  # the bundles the kept requests got
+            # After the flood, one request is answered at once (queued, it would wait
+            # behind the 240 before it: a minute at four a second).
+            started = time.monotonic()
+            got, _ = await guest.fetch(session, rid=999)
+            assert got == make_bundle("iid-1", "web1")
+            assert time.monotonic() - started < 1.0
+            counters = state_of(env, "web1")["counters"]
+            served = sum(1 for f in guest.seen if f.message_type() is MessageType.BUNDLE_BEGIN)
+            assert counters["dropped_requests"]["paced"] + served == 241, (counters, served)
+
+    run(scenario())
+
+
+def test_a_hello_flood_costs_bounded_log_lines_and_keeps_the_connection(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="xenchannel.dom0")
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        config = env.config(skip_log_interval=0.5, log_burst=5)
+        async with qemu(env.sock("web1")) as server, running_agent(config):
+            guest = await server.accept()
+            for rid in range(1, 401):  # a fresh nonce each: a new session each
+                nonce = new_nonce()
+                guest.send(MessageType.HELLO, {"nonce": nonce, "versions": [1]}, rid)
+            await wait_until(lambda: sum(f.message_type() is MessageType.WELCOME
+                                         for f in guest.seen) == 400)  # fmt: skip
+            await asyncio.sleep(0.6)  # one summary interval
+            while not guest.frames.empty():
+                guest.frames.get_nowait()  # the WELCOMEs counted above
+            session = await guest.hello(rid=500)  # served, on the same connection
+            got, _ = await guest.fetch(session, rid=501)
+            assert got == make_bundle("iid-1", "web1")
+            assert not guest.eof.is_set()
+            await wait_until(
+                lambda: (
+                    (state_of(env, "web1").get("counters") or {}).get("log_lines_suppressed", 0)
+                    >= 390
+                )
+            )
+
+    run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "domain=web1" in r.getMessage()]
+    handshakes = [line for line in lines if "event=handshake" in line]
+    assert len(handshakes) <= 5 + 3, len(handshakes)  # the burst, and one per 0.5 s
+    summaries = [line for line in lines if "event=log-suppressed" in line]
+    assert summaries and "events=handshake:" in summaries[0], lines[-5:]
+    assert len(lines) < 40, len(lines)
+
+
+def test_replies_a_guest_does_not_read_are_dropped_and_the_connection_goes_on(
+    env: Env,
+) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        config = env.config(max_queued_frames=16)
+        async with qemu(env.sock("web1")) as server, running_agent(config) as agent:
+            guest = await server.accept()
+            session = await guest.hello()
+            guest.reading.clear()  # reads nothing more: its socket buffers fill
+            for rid in range(1000, 11000):  # WELCOMEs far beyond the socket buffers
+                guest.send(MessageType.HELLO, {"nonce": new_nonce(), "versions": [1]}, rid)
+            await wait_until(
+                lambda: (
+                    (state_of(env, "web1").get("counters") or {})
+                    .get("dropped_requests", {})
+                    .get("replies-unread", 0)
+                    > 0
+                ),
+                timeout=20,
+            )
+            connection = agent.links["web1"].connection
+            assert connection is not None and len(connection.outbox._control) <= 16
+            guest.reading.set()
+            await asyncio.sleep(0.5)
+            while not guest.frames.empty():
+                guest.frames.get_nowait()
+            session = await guest.hello(rid=20000)
+            got, _ = await guest.fetch(session, rid=20001)
+            assert got == make_bundle("iid-1", "web1")
+            assert not guest.eof.is_set()
 
     run(scenario())
 

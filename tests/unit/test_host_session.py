@@ -39,6 +39,7 @@ from xenchannel.session import (
     Busy,
     Delivered,
     DeliveryReported,
+    Dropped,
     Echoed,
     Error,
     GetBundle,
@@ -345,6 +346,22 @@ def test_version_1_requests_over_the_rate_wait_their_turn() -> None:
     # Time refills the bucket.
     later = m.receive(get_bundle(m, rid=99), 10.0)
     assert isinstance(later, BundleRequested) and later.delay == 0
+
+
+def test_version_1_requests_past_a_burst_of_waiting_ones_are_dropped() -> None:
+    m = host()
+    greeted(m, versions=(1,))
+    events = [m.receive(get_bundle(m, rid=rid), 0.0) for rid in range(1, 40)]
+    served = [e for e in events if isinstance(e, BundleRequested)]
+    dropped = [e for e in events if isinstance(e, Dropped)]
+    # A burst at once, then as many again waiting at most burst / rate; the rest dropped.
+    assert len(served) == 2 * GET_BUNDLE_BURST and len(dropped) == 39 - len(served)
+    assert max(e.delay for e in served) <= GET_BUNDLE_BURST / GET_BUNDLE_RATE
+    assert dropped[0].message_type == "GET_BUNDLE"
+    # A dropped request spends no token: the wait of the next depends only on the burst.
+    later = m.receive(get_bundle(m, rid=99), 0.5)
+    assert isinstance(later, BundleRequested)
+    assert later.delay <= GET_BUNDLE_BURST / GET_BUNDLE_RATE
 
 
 def test_version_2_requests_over_the_rate_are_told_when_to_come_back() -> None:

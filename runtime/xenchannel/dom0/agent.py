@@ -73,6 +73,7 @@ class Supervisor:
         self._by_socket: Dict[str, Set[str]] = {}
         self._shared_refused: Dict[str, str] = {}
         self._retry: Set[str] = set()
+        self._unstarted: List[DomainLink] = []
         self._problems: Set[str] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop_event: Optional[asyncio.Event] = None
@@ -255,11 +256,14 @@ class Supervisor:
         self._check_open_files(len(self._seen.keys() | current.keys()))
         changed = [name for name, sig in sorted(current.items()) if self._seen.get(name) != sig]
         batch_size = self.config.load_batch
-        for start in range(0, len(changed), batch_size):
-            if self._stopping or self._stop_requested:
-                return  # a big first scan must not delay shutdown
-            batch = changed[start : start + batch_size]
-            await asyncio.gather(*(self._reload(name, current[name]) for name in batch))
+        try:
+            for start in range(0, len(changed), batch_size):
+                if self._stopping or self._stop_requested:
+                    return  # a big first scan must not delay shutdown
+                batch = changed[start : start + batch_size]
+                await asyncio.gather(*(self._reload(name, current[name]) for name in batch))
+        finally:
+            self._start_new_links()
 
     async def _reload(self, name: str, scanned: Signature) -> Optional[DomainEntry]:
         """Load one entry off the loop and apply it; the entry, or None if unusable."""
@@ -287,8 +291,18 @@ class Supervisor:
         link = DomainLink(self, name, socket)
         self.links[name] = link
         self.recorder.update(name, socket=socket, active=True)
-        link.start()
+        self._unstarted.append(link)  # started once the whole look is applied
         return link
+
+    def _start_new_links(self) -> None:
+        """Start the links a look created, once every entry it read is applied: so two
+        entries naming one socket are both refused before either connects."""
+        unstarted, self._unstarted = self._unstarted, []
+        if self._stopping or self._stop_requested:
+            return
+        for link in unstarted:
+            if self.links.get(link.name) is link and not link.closing():
+                link.start()
 
     def _apply_entry(self, entry: DomainEntry) -> None:
         self._seen[entry.name] = entry.signature

@@ -52,8 +52,11 @@ class AgentConfig:
     # or hostile, and the connection is dropped rather than buffering without bound.
     max_queued_frames: int = 256
     read_size: int = 64 * 1024
-    # At most one log line this often summarising what the decoder dropped.
+    # At most one log line this often summarising what the decoder dropped; and what a
+    # guest's traffic makes the agent log is held, past a burst of log_burst lines, to
+    # one line this often (the rest are counted and summarised).
     skip_log_interval: float = 10.0
+    log_burst: int = 20
     # A connection that lasted this long (or carried a valid frame) resets the back-off;
     # a socket that accepts and hangs up at once keeps backing off.
     stable_connection: float = 1.0
@@ -127,6 +130,7 @@ COUNTS: Tuple[Tuple[str, int, int, str], ...] = (
     ("chunk_size", 1, DEFAULT_MAX_PAYLOAD - 4, "bytes"),
     ("get_bundle_burst", 1, 1000, "requests"),
     ("max_queued_frames", 16, 65536, "frames"),
+    ("log_burst", 1, 10000, "lines"),
     ("read_size", 4096, 16 * 1024 * 1024, "bytes"),
     ("load_batch", 1, 1024, "entries"),
     ("bundle_cache_bytes", 0, 1 << 40, "bytes"),

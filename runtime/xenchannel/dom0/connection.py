@@ -4,7 +4,8 @@ session machine (``session.HostSession``), which holds every rule of what to ans
 A ``Connection`` lives as long as the socket connection: it KNOCKs, feeds what it
 reads to the machine, acts on the events that come back (reading the store through the
 supervisor, recording through its link) and writes the answers through an ``Outbox``.
-It ends on EOF, a read or write error, an overflowing outbox or a drop by its link.
+It ends on EOF, a read or write error or a drop by its link; replies a guest does not
+read are dropped past a bound, not queued, and the connection goes on.
 
 It is a protocol, not a pair of stream tasks, because an agent holds one per running
 domain: thousands of them, mostly silent.  A silent connection costs its transport, its
@@ -19,7 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Dict, List, Optional, Union
 
-from xenchannel.dom0 import LOG, log_event
+from xenchannel.dom0 import LOG
 from xenchannel.dom0.outbox import Outbox
 from xenchannel.dom0.state import now_iso
 from xenchannel.dom0.store import StoreError
@@ -27,6 +28,7 @@ from xenchannel.protocol import (
     ERR_NO_BUNDLE,
     ERR_VERSION,
     PROTOCOL_VERSIONS,
+    ChannelError,
     ChannelTimeout,
     Frame,
     FrameDecoder,
@@ -38,6 +40,7 @@ from xenchannel.session import (
     BundleRequested,
     Delivered,
     DeliveryReported,
+    Dropped,
     Echoed,
     Event,
     Greeted,
@@ -58,6 +61,11 @@ if TYPE_CHECKING:  # pragma: no cover - types only
 MSG_NO_BUNDLE = "dom0 has no usable metadata for this domain; the agent's status says why"
 MSG_MOVING = "this domain's store entry now names another socket; the agent is moving there"
 MSG_NOT_READING = "guest is not reading its replies"
+
+
+class ChannelBusy(ChannelError):
+    """The guest's channel has as many replies waiting as it may; str() is a sentence."""
+
 
 # The read buffer every connection shares, by size (see the module's docstring).
 _READ_BUFFERS: Dict[int, memoryview] = {}
@@ -105,6 +113,7 @@ class Connection(asyncio.BufferedProtocol):
         self._busy: Optional[asyncio.Future[None]] = None
         self._writing_paused = False
         self._timer: Optional[asyncio.TimerHandle] = None
+        self._paced: List[asyncio.TimerHandle] = []  # at most a burst: session.Dropped
         self._last_activity = self.started
         # KNOCKs repeat only while no guest has greeted on this connection (one that has
         # knows the host is there), each unanswered one doubling the wait for the next up
@@ -153,6 +162,8 @@ class Connection(asyncio.BufferedProtocol):
             self._timer.cancel()
         if self._busy is not None:
             self._busy.cancel()
+        for handle in self._paced:
+            handle.cancel()
         self.outbox.cancel_transfer()
         self._items, self._next_item = [], 0
         if exc is None:
@@ -204,10 +215,8 @@ class Connection(asyncio.BufferedProtocol):
         if self.ended.done() or self._busy is not None:
             return
         self._items, self._next_item = [], 0
-        link.log_skipped()
+        link.log_summaries()
         self._arm_timer()
-        if self.outbox.overflow:
-            self.drop(MSG_NOT_READING)
 
     def _wait_for(self, work: Awaitable[None]) -> None:
         """Run the rest of a request's handling; read nothing more until it is done."""
@@ -236,8 +245,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _internal_error(self, what: str, exc: Exception) -> None:
         # A bug here must cost one request, never the domain's connection.
-        log_event(
-            self.name,
+        self.link.log(
             "internal-error",
             logging.ERROR,
             message=what,
@@ -256,7 +264,7 @@ class Connection(asyncio.BufferedProtocol):
         knock_at = None
         if self.machine.state is HostState.KNOCKED:
             knock_at = self._last_activity + self._knock_gap
-        due = [t for t in (knock_at, self.link.skipped_due()) if t is not None]
+        due = [t for t in (knock_at, self.link.summary_due()) if t is not None]
         if due:
             # The loop's clock is time.monotonic(), the clock of every time here.
             self._timer = asyncio.get_running_loop().call_at(min(due), self._on_timer)
@@ -273,14 +281,20 @@ class Connection(asyncio.BufferedProtocol):
             self._knock()
             self._last_activity = now
             self._knock_gap = min(self._knock_gap * 2, self.config.knock_max_interval)
-        self.link.log_skipped()
+        self.link.log_summaries()
         self._arm_timer()
 
     # ------------------------------------------------------------- writing
 
-    def _put(self, frame: bytes) -> None:
-        self.outbox.put(frame)
+    def _put(self, frame: bytes) -> bool:
+        """Queue a reply; False (and counted) if the guest has not read the ones before
+        it: it is dropped, not queued without bound, and the connection goes on."""
+        if not self.outbox.put(frame):
+            self.link.count("dropped_requests", "replies-unread")
+            self.link.log("reply-dropped", logging.WARNING, reason=MSG_NOT_READING)
+            return False
         self._pump()
+        return True
 
     def _pump(self) -> None:
         """Hand the transport what waits, while it takes more (its buffer below the
@@ -289,14 +303,14 @@ class Connection(asyncio.BufferedProtocol):
         if transport is None or transport.is_closing():
             return
         outbox = self.outbox
-        while not self._writing_paused and not outbox.overflow:
+        while not self._writing_paused:
             frame = outbox.next_frame()
             if frame is None:
                 return
             transport.write(frame)
 
     def _knock(self) -> None:
-        log_event(self.name, "knock", logging.DEBUG)
+        self.link.log("knock", logging.DEBUG)
         self._put(self.machine.knock())
 
     def close(self, exc: Exception) -> None:
@@ -326,11 +340,14 @@ class Connection(asyncio.BufferedProtocol):
                 self._settle(event.request_id, event.answers, None)
             elif isinstance(event, QueryFailed):
                 self._settle(event.request_id, None, event.error)
+            elif isinstance(event, Dropped):
+                self.link.count("dropped_requests", "paced")
+                self.link.log("request-dropped", message=event.message_type, reason=event.reason)
             elif isinstance(event, GuestError):
-                log_event(
-                    self.name, "guest-error", logging.WARNING, code=event.code, error=event.message
+                self.link.log("guest-error", logging.WARNING, code=event.code, error=event.message)
+                self.link.record_error(
+                    f"guest reported {event.code}: {event.message}", "guest-error"
                 )
-                self.link.record_error(f"guest reported {event.code}: {event.message}")
         except Exception as exc:
             self._internal_error(type(event).__name__, exc)
         return None
@@ -353,47 +370,57 @@ class Connection(asyncio.BufferedProtocol):
     def _on_greeted(self, event: Greeted) -> None:
         self._put(event.reply)
         if event.repeated:
-            log_event(self.name, "hello-repeated", logging.DEBUG)
+            self.link.log("hello-repeated", logging.DEBUG)
             return
         guest_agent = event.guest_agent
         self.link.record(
             handshake={"at": now_iso(), "version": event.version, "guest_agent": guest_agent}
         )
-        log_event(self.name, "handshake", version=event.version, guest_agent=guest_agent)
+        self.link.log("handshake", version=event.version, guest_agent=guest_agent)
 
     def _on_refused(self, event: Refused) -> None:
         self._put(event.reply)
+        self.link.count("refusals", event.code)
         if event.code == ERR_VERSION:
-            log_event(self.name, "version-mismatch", logging.WARNING, error=event.message)
-            self.link.record_error(event.message)
+            self.link.log("version-mismatch", logging.WARNING, error=event.message)
+            self.link.record_error(event.message, f"refused:{event.code}")
             return
         level = logging.WARNING if event.record else logging.INFO
-        log_event(
-            self.name,
-            "refused",
-            level,
-            message=event.message_type,
-            code=event.code,
-            error=event.message,
+        self.link.log(
+            "refused", level, message=event.message_type, code=event.code, error=event.message
         )
         if event.record:
-            self.link.record_error(f"{event.message_type}: {event.message}")
+            self.link.record_error(
+                f"{event.message_type}: {event.message}", f"refused:{event.code}"
+            )
 
     def _on_bundle_requested(self, event: BundleRequested) -> Work:
         if event.delay > 0:
-            return self._bundle_later(event)
+            # Paced (a version-1 guest cannot be told busy): answered when its turn
+            # comes, while reading goes on, so requests past the bound the session
+            # machine keeps are seen, and dropped, as they arrive.
+            loop = asyncio.get_running_loop()
+            self._paced.append(loop.call_later(event.delay, self._paced_turn, event))
+            return None
         cached = self.link.supervisor.cached_bundle(self.link)
         if cached is None:
             return self._bundle_from_store(event)
         self._send_bundle(event, *cached)
         return None
 
-    async def _bundle_later(self, event: BundleRequested) -> None:
-        await asyncio.sleep(event.delay)
+    def _paced_turn(self, event: BundleRequested) -> None:
+        self._paced = [handle for handle in self._paced if not handle.cancelled()]
+        if self.ended.done():
+            return
+        if self._busy is not None:
+            # Another request waits for the store: this one's turn comes right after.
+            loop = asyncio.get_running_loop()
+            self._paced.append(loop.call_later(0.05, self._paced_turn, event))
+            return
         cached = self.link.supervisor.cached_bundle(self.link)
         if cached is None:
-            await self._bundle_from_store(event)
-        elif not self.ended.done():
+            self._wait_for(self._bundle_from_store(event))
+        else:
             self._send_bundle(event, *cached)
 
     async def _bundle_from_store(self, event: BundleRequested) -> None:
@@ -431,8 +458,7 @@ class Connection(asyncio.BufferedProtocol):
         def sent() -> None:
             machine.transfer_done()
             link.session_state(machine.state)
-            log_event(
-                self.name,
+            link.log(
                 "bundle-sent",
                 sha256=digest,
                 size=size,
@@ -441,7 +467,7 @@ class Connection(asyncio.BufferedProtocol):
                 seconds=f"{time.monotonic() - started:.3f}",
             )
 
-        log_event(self.name, "bundle-requested", logging.DEBUG, sha256=digest, first=first)
+        link.log("bundle-requested", logging.DEBUG, sha256=digest, first=first)
         self.outbox.start_transfer(frames, sent)
         self._pump()
 
@@ -466,8 +492,8 @@ class Connection(asyncio.BufferedProtocol):
             }
         )
         self._put(result.reply)
-        log_event(
-            self.name,
+        link.count("deliveries")
+        link.log(
             "delivered",
             sha256=result.sha256,
             instance_id=bundle.instance_id,
@@ -496,11 +522,10 @@ class Connection(asyncio.BufferedProtocol):
                 message = f"guest reported instance-id {shown} but this domain has no valid bundle"
             else:
                 message = f"guest reported instance-id {shown} but this domain's bundle has {ours}"
-            link.record_error(message)
-            log_event(self.name, "status-mismatch", logging.WARNING, error=message)
+            link.record_error(message, "status-mismatch")
+            link.log("status-mismatch", logging.WARNING, error=message)
         self._put(self.machine.acknowledge(event.request_id))
-        log_event(
-            self.name,
+        link.log(
             "status",
             logging.INFO if state != "failed" else logging.WARNING,
             state=state,
@@ -526,9 +551,13 @@ class Connection(asyncio.BufferedProtocol):
         rid, frame = self.machine.query(what)
         future: asyncio.Future[Dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._put(frame)
-        if self.outbox.overflow:
-            self.drop(MSG_NOT_READING)
+        if not self._put(frame):
+            del self._pending[rid]
+            self.machine.forget_query(rid)
+            raise ChannelBusy(
+                f"domain {self.name}'s guest has not read the agent's last "
+                f"{self.config.max_queued_frames} replies; try the query again later"
+            )
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:

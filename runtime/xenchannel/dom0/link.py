@@ -97,6 +97,12 @@ class DomainLink:
         self._skip_notes = 0
         self._skip_reasons: Dict[str, int] = {}
         self._skip_logged = -1e9
+        # What a guest can make the agent log is bounded: a burst of log_burst lines,
+        # then one per skip_log_interval; the rest are counted and summarised.
+        self._log_tokens = float(self.config.log_burst)
+        self._log_tokens_at = time.monotonic()
+        self._suppressed: Dict[str, int] = {}
+        self.counters = _restored_counters(supervisor.recorder.ensure(name).get("counters"))
 
     @property
     def connected(self) -> bool:
@@ -164,7 +170,14 @@ class DomainLink:
         self.store_error = message
         self._loaded_once = True
         log_event(self.name, "store-error", logging.ERROR, error=message)
-        self.record(socket=self.socket, active=True, bundle=None, last_error=_err(message))
+        self.counters["last_error_class"] = "store-error"
+        self.record(
+            socket=self.socket,
+            active=True,
+            bundle=None,
+            last_error=_err(message),
+            counters=self.counters,
+        )
 
     def _move(self, socket: str) -> None:
         if socket == self.socket:
@@ -186,8 +199,9 @@ class DomainLink:
     def record(self, **fields: Any) -> None:
         self.supervisor.recorder.update(self.name, **fields)
 
-    def record_error(self, message: str) -> None:
-        self.record(last_error=_err(message))
+    def record_error(self, message: str, kind: str) -> None:
+        self.counters["last_error_class"] = kind
+        self.record(last_error=_err(message), counters=self.counters)
 
     def _enter(
         self, state: LinkState, event: str, level: int = logging.INFO, **fields: Any
@@ -207,6 +221,44 @@ class DomainLink:
             self.state = link_state
             self.record(link=link_state.value)
 
+    def log(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+        """A log line the guest's traffic caused: within the link's budget, or counted
+        and summarised later (``log_summaries``)."""
+        if level < logging.INFO:
+            log_event(self.name, event, level, **fields)  # opt-in (--verbose): unbudgeted
+            return
+        now = time.monotonic()
+        interval = self.config.skip_log_interval
+        self._log_tokens = min(
+            float(self.config.log_burst), self._log_tokens + (now - self._log_tokens_at) / interval
+        )
+        self._log_tokens_at = now
+        if self._log_tokens >= 1.0:
+            self._log_tokens -= 1.0
+            log_event(self.name, event, level, **fields)
+            return
+        if len(self._suppressed) < 16 or event in self._suppressed:
+            self._suppressed[event] = self._suppressed.get(event, 0) + 1
+        else:
+            self._suppressed["other"] = self._suppressed.get("other", 0) + 1
+        self.count("log_lines_suppressed")
+
+    def count(self, counter: str, key: Optional[str] = None) -> None:
+        """One more of ``counter`` (of ``key``, for the counters kept by reason)."""
+        if key is None:
+            self.counters[counter] = self.counters.get(counter, 0) + 1
+        else:
+            by_key = self.counters.setdefault(counter, {})
+            if key in by_key or len(by_key) < 32:
+                by_key[key] = by_key.get(key, 0) + 1
+        self.record(counters=self.counters)
+
+    def error_class(self, name: str) -> None:
+        """The kind of the last error (a word: ``refused:busy``, ``store-error``)."""
+        if self.counters.get("last_error_class") != name:
+            self.counters["last_error_class"] = name
+            self.record(counters=self.counters)
+
     def note_skipped(self, item: Skipped) -> None:
         self._skip_bytes += item.size
         self._skip_notes += 1
@@ -217,19 +269,34 @@ class DomainLink:
             reason = "other"
         self._skip_reasons[reason] = self._skip_reasons.get(reason, 0) + item.size
 
-    def skipped_due(self) -> Optional[float]:
-        """When a held-back summary of skipped bytes may be logged; None if none is held."""
-        if not self._skip_bytes:
+    def summary_due(self) -> Optional[float]:
+        """When a held-back summary (skipped bytes, suppressed lines) may be logged; None
+        if none is held."""
+        if not self._skip_bytes and not self._suppressed:
             return None
         return self._skip_logged + self.config.skip_log_interval
 
-    def log_skipped(self, force: bool = False) -> None:
-        """At most one line per skip_log_interval summarising what the decoder dropped."""
-        if not self._skip_bytes:
+    def log_summaries(self, force: bool = False) -> None:
+        """At most one line per skip_log_interval summarising what the decoder dropped,
+        and one summarising the log lines the budget held back."""
+        due = self.summary_due()
+        if due is None:
             return
         now = time.monotonic()
-        due = self.skipped_due()
-        if not force and due is not None and now < due:
+        if not force and now < due:
+            return
+        self._skip_logged = now
+        if self._suppressed:
+            events = ",".join(f"{event}:{n}" for event, n in sorted(self._suppressed.items()))
+            log_event(
+                self.name,
+                "log-suppressed",
+                logging.WARNING,
+                lines=sum(self._suppressed.values()),
+                events=events,
+            )
+            self._suppressed = {}
+        if not self._skip_bytes:
             return
         reasons = ",".join(
             f"{reason}:{size}" for reason, size in sorted(self._skip_reasons.items())
@@ -242,9 +309,10 @@ class DomainLink:
             notes=self._skip_notes,
             reasons=reasons,
         )
+        self.counters["skipped_bytes"] = self.counters.get("skipped_bytes", 0) + self._skip_bytes
         self._skip_bytes = self._skip_notes = 0
         self._skip_reasons = {}
-        self._skip_logged = now
+        self.record(counters=self.counters)
 
     # ------------------------------------------------------------- connection loop
 
@@ -253,7 +321,7 @@ class DomainLink:
         backoff = config.backoff_initial
         try:
             while not self._closing:
-                self.log_skipped()
+                self.log_summaries()
                 if self._reset_backoff:
                     self._reset_backoff = False
                     backoff = config.backoff_initial
@@ -265,7 +333,7 @@ class DomainLink:
                 if problem is not None:
                     message = f"{domain_file(config.store_dir, self.name)} names {problem}"
                     if self.state != LinkState.REFUSED:
-                        self.record_error(message)
+                        self.record_error(message, "socket-refused")
                     self._enter(LinkState.REFUSED, "socket-refused", logging.ERROR, error=message)
                 elif not _is_socket(path):
                     self._enter(LinkState.WAITING, "waiting", socket=path)
@@ -305,7 +373,7 @@ class DomainLink:
         finally:
             self.state = LinkState.STOPPED
             self.record(link=LinkState.STOPPED.value)
-            self.log_skipped(force=True)
+            self.log_summaries(force=True)
 
     async def _pause(self, delay: float) -> None:
         """Sleep ``delay`` with jitter (so 1000 links do not retry in step), or until woken."""
@@ -355,6 +423,7 @@ class DomainLink:
     def attach(self, connection: Connection) -> None:
         """``connection`` is open (it calls this before it reads anything)."""
         self.connection = connection
+        self.count("connects")
         self._enter(LinkState.KNOCKED, "connected", socket=self.socket)
         self.record(connected=True, connected_at=now_iso(), socket=self.socket)
 
@@ -372,7 +441,7 @@ class DomainLink:
                 connection.close(ChannelClosed(f"domain {self.name}'s link was stopped"))
             else:
                 connection.close(ChannelClosed(f"domain {self.name} disconnected"))
-            self.log_skipped()
+            self.log_summaries()
             self.record(connected=False, disconnected_at=now_iso())
             self._enter(LinkState.DISCONNECTED, "disconnected", reason=reason)
         return connection.useful or time.monotonic() - connection.started >= (
@@ -389,6 +458,38 @@ class DomainLink:
                 f"domain {self.name} is not connected (is it running, with socket {self.socket}?)"
             )
         return await connection.query(what, timeout)
+
+
+# The counters a state record keeps (``counters``), as numbers or, for those kept by
+# reason, mappings of reason to number; ``last_error_class`` is a word.
+COUNTERS = (
+    "connects",
+    "deliveries",
+    "refusals",
+    "dropped_requests",
+    "log_lines_suppressed",
+    "skipped_bytes",
+)
+
+
+def _restored_counters(recorded: Any) -> Dict[str, Any]:
+    """The counters of a record read from disk, kept only where they have the right shape
+    (a file the agent wrote, or one it must not trust)."""
+    counters: Dict[str, Any] = {}
+    if not isinstance(recorded, dict):
+        return counters
+    for key in COUNTERS:
+        value = recorded.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            counters[key] = value
+        elif isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in value.items()
+        ):
+            counters[key] = dict(list(value.items())[:32])
+    if isinstance(recorded.get("last_error_class"), str):
+        counters["last_error_class"] = recorded["last_error_class"][:64]
+    return counters
 
 
 def _err(message: str) -> Dict[str, Any]:

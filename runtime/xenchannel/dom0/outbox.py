@@ -11,7 +11,7 @@ class Outbox:
     waits for the channel (a tty echoing our bytes back could otherwise deadlock us),
     the write side has backpressure, and little of a transfer is in memory beyond the
     encoded bundle.  More than ``max_frames`` short messages waiting means the guest
-    does not read: ``overflow`` tells the connection to drop it.
+    does not read them: ``put`` refuses more, and the connection drops those replies.
     """
 
     def __init__(self, max_frames: int) -> None:
@@ -21,13 +21,13 @@ class Outbox:
         self._control: List[bytes] = []
         self._transfer: Optional[Iterator[bytes]] = None
         self._on_done: Optional[Callable[[], None]] = None
-        self.overflow = False
 
-    def put(self, frame: bytes) -> None:
+    def put(self, frame: bytes) -> bool:
+        """Queue a short message; False if ``max_frames`` already wait (it is dropped)."""
         if len(self._control) >= self.max_frames:
-            self.overflow = True
-        else:
-            self._control.append(frame)
+            return False
+        self._control.append(frame)
+        return True
 
     def start_transfer(self, frames: Iterable[bytes], on_done: Callable[[], None]) -> None:
         # A new GET_BUNDLE supersedes one still streaming: the guest started over.

@@ -53,10 +53,14 @@ _DEFAULTS: Dict[str, Any] = {
     "delivered": None,
     "status": None,
     "last_error": None,
+    # Per-domain counters (dom0/link.py COUNTERS): connects, deliveries, refusals by
+    # code, dropped requests by reason, log lines held back, skipped bytes, and the kind
+    # of the last error; also exported for Prometheus when the agent is told to.
+    "counters": None,
     "updated_at": None,
 }
 STATE_FIELDS = tuple(_DEFAULTS)
-NESTED_FIELDS = ("handshake", "bundle", "delivered", "status", "last_error")
+NESTED_FIELDS = ("handshake", "bundle", "delivered", "status", "last_error", "counters")
 MAX_STATE_FILE = 1024 * 1024
 
 
