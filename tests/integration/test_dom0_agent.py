@@ -1033,6 +1033,42 @@ def test_replies_a_guest_does_not_read_are_dropped_and_the_connection_goes_on(
     run(scenario())
 
 
+def test_counters_are_exported_for_node_exporter(env: Env) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+    prom = os.path.join(env.root, "textfile", "xenchannel.prom")
+    os.makedirs(os.path.dirname(prom))
+
+    async def scenario() -> None:
+        config = env.config(metrics_file=prom, metrics_interval=0.1)
+        async with qemu(env.sock("web1")) as server, running_agent(config):
+            guest = await server.accept()
+            session = await guest.hello()
+            _, digest = await guest.fetch(session)
+            await guest.ack(session, digest)
+            guest.send(MessageType.GET_BUNDLE, {"session": "not-ours"}, 77)
+            await guest.error(77)
+
+            def exported() -> str:
+                try:
+                    return Path(prom).read_text(encoding="utf-8")
+                except OSError:
+                    return ""
+
+            await wait_until(lambda: 'xenchannel_deliveries_total{domain="web1"} 1' in exported())
+            text = exported()
+            assert 'xenchannel_connects_total{domain="web1"} 1' in text
+            assert 'xenchannel_refusals_total{domain="web1",code="unknown-session"} 1' in text
+            assert 'xenchannel_link_state{domain="web1",state="serving"} 1' in text
+        # Written once more at shutdown: the link stopped.
+        assert 'xenchannel_link_state{domain="web1",state="stopped"} 1' in exported()
+        # And status --json shows the same numbers.
+        counters = state_of(env, "web1")["counters"]
+        assert counters["deliveries"] == 1 and counters["connects"] == 1
+        assert counters["refusals"] == {"unknown-session": 1}
+
+    run(scenario())
+
+
 def test_a_version_2_guest_gets_the_codes_it_acts_on(env: Env) -> None:
     """unknown-session, busy with when to ask again, too-large, not-allowed: no English."""
     write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))

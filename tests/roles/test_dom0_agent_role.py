@@ -305,15 +305,18 @@ def test_other_paths_and_settings_go_into_the_dropin_and_config(dom0box) -> None
         dom0_agent_state_dir="/srv/xc/state",
         dom0_agent_socket_root="/run/xc",
         dom0_agent_control_socket="",
+        dom0_agent_metrics_file="/var/lib/prometheus/node-exporter/xenchannel.prom",
         dom0_agent_config={"rescan_interval": 2.5, "max_guest_frame": 65536},
     )
     role.play([custom]).check()
     box = role.box
     dropin = box.read(DROPIN)
     assert "ReadWritePaths=-/run/xc\n" in dropin and "ReadWritePaths=-/srv/xc/state\n" in dropin
+    assert "ReadWritePaths=-/var/lib/prometheus/node-exporter\n" in dropin
     assert "PYTHONPATH" not in dropin
     config = box.read(CONFIG)
     assert "rescan_interval = 2.5\n" in config and "max_guest_frame = 65536\n" in config
+    assert "metrics_file = /var/lib/prometheus/node-exporter/xenchannel.prom\n" in config
     assert box.mode("/srv/xc/state") == 0o700
     assert box.read(TMPFILES).splitlines()[-1] == "d /run/xc 0700 root root -"
     # Back to the defaults: the drop-in goes, and so does a module the collection dropped.
@@ -341,6 +344,12 @@ def test_other_paths_and_settings_go_into_the_dropin_and_config(dom0box) -> None
             {"dom0_agent_config": {"rescan_interval": "soon"}},
             "settings to numbers",
             id="not-a-number",
+        ),
+        pytest.param(
+            {"dom0_agent_metrics_file": "/var/lib/node-exporter/xenchannel.txt"},
+            'dom0_agent_metrics_file is "/var/lib/node-exporter/xenchannel.txt"; set it to an '
+            "absolute path ending in .prom",
+            id="metrics-file-not-prom",
         ),
         pytest.param(
             {"dom0_agent_state_dir": "relative/state"},

@@ -11,7 +11,7 @@ import yaml
 from xenchannel.dom0.config import COUNTS, SECONDS, AgentConfig, AgentError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PATHS = ("store_dir", "state_dir", "socket_root", "control_socket")
+PATHS = ("store_dir", "state_dir", "socket_root", "control_socket", "metrics_file")
 
 
 def config(**overrides: Any) -> AgentConfig:

@@ -19,7 +19,7 @@ import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from xenchannel import __version__
-from xenchannel.dom0 import LOG, log_event
+from xenchannel.dom0 import LOG, log_event, metrics
 from xenchannel.dom0.config import AgentConfig, AgentError
 from xenchannel.dom0.control import ControlServer
 from xenchannel.dom0.link import DomainLink, LinkState
@@ -139,7 +139,11 @@ class Supervisor:
                 control_socket=self.config.control_socket,
                 restored=len(self.recorder.states),
             )
-            await self._follow_store(self._stop_event)
+            metrics = asyncio.ensure_future(self._write_metrics(self._stop_event))
+            try:
+                await self._follow_store(self._stop_event)
+            finally:
+                metrics.cancel()
         finally:
             self.watch.close()
             await self._shutdown()
@@ -174,6 +178,28 @@ class Supervisor:
                 until_full = last_full + config.full_rescan_interval - time.monotonic()
                 await _first_of([stop.wait(), watch.changed.wait()], until_full)
 
+    async def _write_metrics(self, stop: asyncio.Event) -> None:
+        """The counters for node_exporter every metrics_interval, if configured."""
+        path = self.config.metrics_file
+        if path is None:
+            return
+        failing = False
+        while not stop.is_set():
+            try:
+                await self._in_thread(metrics.write, path, list(self.recorder.states.values()))
+                failing = False
+            except OSError as exc:
+                if not failing:  # one line per failure, not one per interval
+                    failing = True
+                    log_event(
+                        "-",
+                        "metrics-write-failed",
+                        logging.ERROR,
+                        error=f"cannot write {path} ({exc.strerror}); create its directory "
+                        "or allow the agent to write there (ReadWritePaths=)",
+                    )
+            await _first_of([stop.wait()], self.config.metrics_interval)
+
     async def _shutdown(self) -> None:
         self._stopping = True
         await self.control.close()
@@ -186,6 +212,11 @@ class Supervisor:
             if pending:
                 log_event("-", "shutdown-slow", logging.WARNING, links=len(pending))
         await self.recorder.flush()
+        if self.config.metrics_file is not None:
+            try:
+                metrics.write(self.config.metrics_file, list(self.recorder.states.values()))
+            except OSError:
+                pass  # said while running
         self.recorder.close()
         log_event("-", "stopped", domains=len(links))
 

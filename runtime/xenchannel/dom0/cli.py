@@ -105,7 +105,7 @@ def read_config_file(path: str, config: AgentConfig) -> AgentConfig:
             )
         default = getattr(config, key)
         try:
-            if key == "control_socket":
+            if key in ("control_socket", "metrics_file"):
                 changes[key] = raw.strip() or None
             elif isinstance(default, bool):
                 changes[key] = parser.getboolean("agent", key)

@@ -30,6 +30,11 @@ class AgentConfig:
     state_dir: str
     socket_root: str
     control_socket: Optional[str]  # None: no control socket
+    # node_exporter's textfile collector: the counters as Prometheus text, replaced
+    # atomically every metrics_interval (e.g. /var/lib/prometheus/node-exporter/
+    # xenchannel.prom); None writes none.
+    metrics_file: Optional[str] = None
+    metrics_interval: float = 15.0
     rescan_interval: float = 1.0
     # With inotify watching the store, only changed entries are looked at (at most once
     # per rescan_interval); everything is still rescanned this often, as a safety net.
@@ -81,6 +86,13 @@ class AgentConfig:
             raise AgentError(
                 f"control_socket must be an absolute path, not {self.control_socket!r}"
             )
+        if self.metrics_file is not None and not (
+            os.path.isabs(self.metrics_file) and self.metrics_file.endswith(".prom")
+        ):
+            raise AgentError(
+                f"metrics_file must be an absolute path ending in .prom (node_exporter reads "
+                f"only those), not {self.metrics_file!r}"
+            )
         for key in SECONDS:
             value = getattr(self, key)
             if not _number(value) or not 0 < value <= 3600:
@@ -123,6 +135,7 @@ SECONDS: Tuple[str, ...] = (
     "shutdown_timeout",
     "control_read_timeout",
     "max_query_timeout",
+    "metrics_interval",
 )
 COUNTS: Tuple[Tuple[str, int, int, str], ...] = (
     ("max_guest_frame", 4096, DEFAULT_MAX_PAYLOAD, "bytes"),

@@ -462,8 +462,9 @@ def write_domain(store_dir: str, name: str, socket: str, bundle: Bundle) -> str:
     return path
 
 
-def atomic_write(path: str, data: bytes, sync: bool = True) -> None:
-    """Replace ``path`` with ``data`` atomically; the file is 0600 from its creation.
+def atomic_write(path: str, data: bytes, sync: bool = True, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically; the file has ``mode`` (0600) from its
+    creation.
 
     The temporary file lives in the same directory (os.replace is atomic only within a
     file system) and is created O_EXCL with mode 0600, so the data is never readable by
@@ -472,6 +473,8 @@ def atomic_write(path: str, data: bytes, sync: bool = True) -> None:
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}{TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    if mode != 0o600:
+        os.fchmod(fd, mode)  # not through the umask: exactly what the caller asked
     try:
         try:
             view = memoryview(data)
