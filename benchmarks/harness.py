@@ -99,7 +99,7 @@ def make_bundle(name: str, size: Optional[int] = None, seed: int = 0) -> Bundle:
 # --------------------------------------------------------------------------- agent
 
 
-def _proc_status_kib(pid: int, key: str) -> int:
+def proc_status_kib(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             if line.startswith(key + ":"):
@@ -156,7 +156,7 @@ class Agent:
         return cpu_seconds(self.pid)
 
     def peak_rss_kib(self) -> int:
-        return _proc_status_kib(self.pid, "VmHWM")
+        return proc_status_kib(self.pid, "VmHWM")
 
     def log_tail(self, lines: int = 5) -> str:
         try:

@@ -1003,7 +1003,9 @@ def test_replies_a_guest_does_not_read_are_dropped_and_the_connection_goes_on(
     write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
 
     async def scenario() -> None:
-        config = env.config(max_queued_frames=16)
+        # Every frame handled: what is tested is the replies' bound.
+        config = env.config(max_queued_frames=16, guest_frame_rate=1000000,
+                            guest_frame_burst=1000000)  # fmt: skip
         async with qemu(env.sock("web1")) as server, running_agent(config) as agent:
             guest = await server.accept()
             session = await guest.hello()
@@ -1029,6 +1031,36 @@ def test_replies_a_guest_does_not_read_are_dropped_and_the_connection_goes_on(
             got, _ = await guest.fetch(session, rid=20001)
             assert got == make_bundle("iid-1", "web1")
             assert not guest.eof.is_set()
+
+    run(scenario())
+
+
+def test_frames_past_a_guests_rate_are_dropped_and_counted(env: Env) -> None:
+    """A flood costs the agent its decoding, not its handling: past guest_frame_rate,
+    frames are dropped and counted, not queued, so none is left once it stops."""
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-1", "web1"))
+
+    async def scenario() -> None:
+        config = env.config(guest_frame_rate=1000, guest_frame_burst=500)
+        async with qemu(env.sock("web1")) as server, running_agent(config):
+            guest = await server.accept()
+            # 2,500 truncated frames (each a frame's turn), then a HELLO past the budget.
+            guest.send_raw(b"\xff" * 2500)
+            guest.send(MessageType.HELLO, {"nonce": new_nonce(), "versions": [1]}, 5)
+            with pytest.raises(AssertionError, match=r"no \[.WELCOME.\] frame in time"):
+                await guest.recv(MessageType.WELCOME, timeout=0.5)
+            await wait_until(
+                lambda: (
+                    (state_of(env, "web1").get("counters") or {})
+                    .get("dropped_requests", {})
+                    .get("over-rate", 0)
+                    >= 1900
+                )
+            )
+            await asyncio.sleep(0.6)  # the budget refills at its rate
+            session = await guest.hello(rid=6)
+            got, _ = await guest.fetch(session)
+            assert got == make_bundle("iid-1", "web1")
 
     run(scenario())
 

@@ -57,6 +57,10 @@ class AgentConfig:
     # or hostile, and the connection is dropped rather than buffering without bound.
     max_queued_frames: int = 256
     read_size: int = 64 * 1024
+    # What the agent handles from one guest, in frames a second past a burst: a guest
+    # that behaves sends a dozen per boot, and a flood costs no more than this.
+    guest_frame_rate: int = 200
+    guest_frame_burst: int = 1000
     # At most one log line this often summarising what the decoder dropped; and what a
     # guest's traffic makes the agent log is held, past a burst of log_burst lines, to
     # one line this often (the rest are counted and summarised).
@@ -145,6 +149,8 @@ COUNTS: Tuple[Tuple[str, int, int, str], ...] = (
     ("max_queued_frames", 16, 65536, "frames"),
     ("log_burst", 1, 10000, "lines"),
     ("read_size", 4096, 16 * 1024 * 1024, "bytes"),
+    ("guest_frame_rate", 10, 1000000, "frames a second"),
+    ("guest_frame_burst", 10, 1000000, "frames"),
     ("load_batch", 1, 1024, "entries"),
     ("bundle_cache_bytes", 0, 1 << 40, "bytes"),
     ("control_max_request", 1024, 16 * 1024 * 1024, "bytes"),

@@ -114,6 +114,9 @@ class Connection(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._timer: Optional[asyncio.TimerHandle] = None
         self._paced: List[asyncio.TimerHandle] = []  # at most a burst: session.Dropped
+        self._read_tokens = float(config.guest_frame_burst)
+        self._read_tokens_at = self.started
+        self._over_rate = 0  # frames dropped past the rate since the last count
         self._last_activity = self.started
         # KNOCKs repeat only while no guest has greeted on this connection (one that has
         # knows the host is there), each unanswered one doubling the wait for the next up
@@ -190,6 +193,8 @@ class Connection(asyncio.BufferedProtocol):
                 return
             item = self._items[self._next_item]
             self._next_item += 1
+            if not self._spend():
+                continue
             if isinstance(item, Skipped):
                 link.note_skipped(item)
                 answer = machine.oversized(item)
@@ -215,8 +220,38 @@ class Connection(asyncio.BufferedProtocol):
         if self.ended.done() or self._busy is not None:
             return
         self._items, self._next_item = [], 0
+        if self._over_rate:
+            link.count("dropped_requests", "over-rate", self._over_rate)
+            link.log("frames-dropped", logging.WARNING, frames=self._over_rate,
+                     reason="past guest_frame_rate")  # fmt: skip
+            self._over_rate = 0
         link.log_summaries()
         self._arm_timer()
+
+    def _spend(self) -> bool:
+        """One frame's turn: what one guest sends is handled at most guest_frame_rate
+        frames a second past a burst (a run of bytes that were not a frame counts as
+        one, however long).  Past that, frames are dropped and counted, not queued: a
+        flood costs the agent its decoding only, every other guest keeps its turn, and
+        nothing is left to handle once the flood stops.  A guest that behaves sends a
+        dozen frames a boot."""
+        config, now = self.config, time.monotonic()
+        self._read_tokens = min(
+            float(config.guest_frame_burst),
+            self._read_tokens + (now - self._read_tokens_at) * config.guest_frame_rate,
+        )
+        self._read_tokens_at = now
+        if self._read_tokens >= 1.0:
+            self._read_tokens -= 1.0
+            return True
+        self._over_rate += 1
+        return False
+
+    def _resume_reading(self) -> None:
+        """Read again, unless a request still waits."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and self._busy is None:
+            transport.resume_reading()
 
     def _wait_for(self, work: Awaitable[None]) -> None:
         """Run the rest of a request's handling; read nothing more until it is done."""
@@ -232,7 +267,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.ended.done() or self.transport is None:
             return
         self.link.session_state(self.machine.state)
-        self.transport.resume_reading()
+        self._resume_reading()
         self._process()
 
     async def _guarded(self, work: Awaitable[None]) -> None:

@@ -22,7 +22,7 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional
 
-from xenchannel.dom0 import log_event
+from xenchannel.dom0 import LOG, log_event
 from xenchannel.dom0.connection import Connection
 from xenchannel.dom0.state import now_iso
 from xenchannel.dom0.store import DomainEntry, domain_file, resolved_socket_problem
@@ -224,9 +224,8 @@ class DomainLink:
     def log(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
         """A log line the guest's traffic caused: within the link's budget, or counted
         and summarised later (``log_summaries``)."""
-        if level < logging.INFO:
-            log_event(self.name, event, level, **fields)  # opt-in (--verbose): unbudgeted
-            return
+        if not LOG.isEnabledFor(level):
+            return  # (debug lines without --verbose): nothing to spend
         now = time.monotonic()
         interval = self.config.skip_log_interval
         self._log_tokens = min(
@@ -243,14 +242,14 @@ class DomainLink:
             self._suppressed["other"] = self._suppressed.get("other", 0) + 1
         self.count("log_lines_suppressed")
 
-    def count(self, counter: str, key: Optional[str] = None) -> None:
-        """One more of ``counter`` (of ``key``, for the counters kept by reason)."""
+    def count(self, counter: str, key: Optional[str] = None, n: int = 1) -> None:
+        """``n`` more of ``counter`` (of ``key``, for the counters kept by reason)."""
         if key is None:
-            self.counters[counter] = self.counters.get(counter, 0) + 1
+            self.counters[counter] = self.counters.get(counter, 0) + n
         else:
             by_key = self.counters.setdefault(counter, {})
             if key in by_key or len(by_key) < 32:
-                by_key[key] = by_key.get(key, 0) + 1
+                by_key[key] = by_key.get(key, 0) + n
         self.record(counters=self.counters)
 
     def error_class(self, name: str) -> None:
