@@ -11,10 +11,10 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
+from xenchannel.dom0.files import atomic_write
 from xenchannel.dom0.store import (
     DOMAIN_FILE,
     StoreError,
-    atomic_write,
     load_domain,
     remove_domain,
     scan_store,

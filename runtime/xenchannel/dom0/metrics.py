@@ -9,7 +9,7 @@ shutdown.  Nothing in it is secret: domain names, counts, error kinds.
 
 from typing import Any, Dict, Iterable, List, Tuple
 
-from xenchannel.dom0.store import atomic_write
+from xenchannel.dom0.files import atomic_write
 
 PREFIX = "xenchannel_"
 # (counter in the record, metric, help) for the plain counters.

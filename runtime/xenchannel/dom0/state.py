@@ -33,7 +33,8 @@ import time
 from typing import Any, Dict, List, Optional, Set
 
 from xenchannel.dom0 import log_event
-from xenchannel.dom0.store import atomic_write, is_temporary, valid_domain_name
+from xenchannel.dom0.files import atomic_write, is_temporary
+from xenchannel.dom0.store import valid_domain_name
 from xenchannel.protocol import ChannelError
 
 STATE_SUFFIX = ".json"
