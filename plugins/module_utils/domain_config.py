@@ -50,6 +50,7 @@ __all__ = [
     "check_template",
     "disk_spec",
     "disk_writable",
+    "foreign_macs",
     "normalise_mac",
     "normalise_uuid",
     "parse_disk",
@@ -452,6 +453,40 @@ def vif_list(items: Sequence[Item]) -> List[str]:
     if problems:
         raise DomainConfigError(problems)
     return texts
+
+
+def foreign_macs(
+    vifs: Sequence[str], name: Optional[str], others: Sequence[Tuple[str, XlConfig]]
+) -> List[str]:
+    """One sentence per vif (spec text, as vif_list gives) whose MAC another domain has.
+
+    `others` are (path, parsed config) of the host's other domain configs. A config whose
+    `name` is `name` is this domain's own (a backup copy, a link), not another VM's; one
+    without a name is named by its file.
+    """
+    owners: Dict[str, Tuple[str, str]] = {}
+    for path, doc in others:
+        other = doc.get("name")
+        if isinstance(other, str) and other == name:
+            continue
+        label = other if isinstance(other, str) else path
+        for spec in _strings(doc.get("vif")):
+            try:
+                mac = parse_vif(spec).get("mac")
+            except DomainConfigError:
+                continue  # that domain's own problem; xl reports it when it starts
+            if mac is not None:
+                owners.setdefault(mac, (label, path))
+    problems = []
+    for number, spec in enumerate(vifs, 1):
+        mac = parse_vif(spec).get("mac")
+        if mac in owners:
+            label, path = owners[mac]
+            problems.append(
+                f"vifs item {number} has mac {mac}, which domain {label} already uses "
+                f"({path}); give this vif another MAC."
+            )
+    return problems
 
 
 def channel_list(items: Sequence[Mapping[str, Any]], socket_dir: str) -> List[str]:

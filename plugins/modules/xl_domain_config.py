@@ -154,6 +154,17 @@ options:
         C(socket_root)).
     type: path
     default: /run/xenchannel
+  other_configs_dir:
+    description:
+      - The directory of the host's other xl domain configs, usually that of O(path)
+        (V(/etc/xen)). A MAC of O(vifs) that a config there already gives one of its
+        vifs is refused, naming that domain and its file, before anything is written -
+        two NICs with one MAC on a bridge lose each other's frames.
+      - A config whose C(name) is O(name) counts as this domain's own (a backup copy, a
+        link to O(path)); files that are not xl configs (C(xl.conf) has no vifs, scripts
+        do not parse), hidden files and files over 1 MiB are skipped.
+      - Unset, only O(vifs) among themselves must differ.
+    type: path
   settings:
     description:
       - Other top-level settings, as C(name) to value. A value is a string, a
@@ -310,6 +321,7 @@ from ansible_collections.xenchannel.provision.plugins.module_utils.domain_config
     DomainConfigError,
     build_config,
     check_template,
+    foreign_macs,
     wanted_settings,
 )
 from ansible_collections.xenchannel.provision.plugins.module_utils.xl_config import (
@@ -323,6 +335,8 @@ from ansible_collections.xenchannel.provision.plugins.module_utils.xl_host impor
 )
 
 NEW_FILE_MODE = 0o600
+# Larger files in other_configs_dir are not domain configs (images, archives).
+OTHER_CONFIG_MAX = 1 << 20
 
 
 class XlDomainConfig:
@@ -373,6 +387,44 @@ class XlDomainConfig:
                 problems=exc.problems,
             )
 
+    def other_configs(self):
+        """(path, parsed) of each xl config in other_configs_dir but this one's.
+
+        Not a config - unreadable, not xl syntax, over OTHER_CONFIG_MAX bytes, hidden,
+        not a regular file - is skipped: the directory also holds xl.conf, scripts and
+        editors' leftovers, and a MAC it might hold is no domain's.
+        """
+        directory = self.params["other_configs_dir"]
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError as exc:
+            self.fail(
+                f"cannot list other_configs_dir {directory}: {exc.strerror}; give the "
+                "directory of the host's xl domain configs"
+            )
+        own = os.path.realpath(self.path)
+        found = []
+        for entry in names:
+            path = os.path.join(directory, entry)
+            if entry.startswith(".") or os.path.realpath(path) == own:
+                continue
+            try:
+                if not os.path.isfile(path) or os.path.getsize(path) > OTHER_CONFIG_MAX:
+                    continue
+                with open(path, "rb") as handle:
+                    found.append((path, XlConfig.parse(handle.read(), source=path)))
+            except (OSError, XlConfigError):
+                continue
+        return found
+
+    def check_foreign_macs(self, wanted):
+        vifs = dict(wanted).get("vif")
+        if not vifs or self.params["other_configs_dir"] is None:
+            return
+        problems = foreign_macs(vifs, self.params["name"], self.other_configs())
+        if problems:
+            self.fail(f"{self.path} was not changed: {' '.join(problems)}", problems=problems)
+
     def start(self, wanted):
         """(old bytes or None, document to edit, edits, anchored)."""
         target = config_file(self.module, self.path)
@@ -409,6 +461,7 @@ class XlDomainConfig:
                 "template stays as it is"
             )
         wanted = self.wanted()
+        self.check_foreign_macs(wanted)
         data, doc, edits, anchored = self.start(wanted)
         before = XlConfig.parse(data).as_dict() if data is not None else {}
         try:
@@ -530,6 +583,7 @@ def main():
                 },
             },
             "socket_dir": {"type": "path", "default": "/run/xenchannel"},
+            "other_configs_dir": {"type": "path"},
             "settings": {"type": "dict"},
             "backup": {"type": "bool", "default": False},
             "mode": {"type": "raw"},

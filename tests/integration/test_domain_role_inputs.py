@@ -294,3 +294,128 @@ def test_a_bundle_the_agent_would_refuse_fails_before_the_xl_config_is_written(
     assert dom0.written() == []
     if "metadata" in vm:  # the user's own hostname: no hint about the default
         assert "defaults to domain_name" not in run.stdout
+
+
+# ------------------------------------------------------------------------ interfaces
+
+NICS = [
+    {"bridge": "xenbr0", "addresses": ["192.0.2.11/24"], "gateway4": "192.0.2.1",
+     "nameservers": ["192.0.2.53"]},
+    {"bridge": "xenbr1", "dhcp4": True, "name": "lan1"},
+]  # fmt: skip
+
+
+# xen_mac of web1's UUID (to_uuid of "web1") for vifs 0 and 1, as pinned by
+# tests/unit/plugins/module_utils/test_interfaces.py.
+WEB1_MACS = ("00:16:3e:62:c8:7e", "00:16:3e:11:9c:5d")
+
+
+def test_interfaces_give_vifs_with_stable_macs_and_a_network_config_matching_them(
+    collections: str, dom0: Dom0Dir
+) -> None:
+    vm = dom0.vm("web1", interfaces=NICS)
+    first = play(collections, dom0, domain_play(dom0, [vm]))
+    assert first.returncode == 0, output(first)
+    mac0, mac1 = WEB1_MACS
+    config = (dom0.xen / "web1.cfg").read_text()
+    assert (
+        f'vif = [\n    "mac={mac0}, bridge=xenbr0",\n    "mac={mac1}, bridge=xenbr1",\n    ]'
+        in config
+    )
+    stored = json.loads((dom0.store / "web1" / "domain.json").read_text())["network-config"]
+    assert stored == {
+        "version": 2,
+        "ethernets": {
+            "nic0": {
+                "match": {"macaddress": mac0},
+                "addresses": ["192.0.2.11/24"],
+                "routes": [{"to": "0.0.0.0/0", "via": "192.0.2.1"}],
+                "nameservers": {"addresses": ["192.0.2.53"]},
+            },
+            "lan1": {"match": {"macaddress": mac1}, "set-name": "lan1", "dhcp4": True},
+        },
+    }
+    assert "[WARNING]" not in first.stdout
+    again = play(collections, dom0, domain_play(dom0, [vm]))
+    assert again.returncode == 0 and re.search(r"localhost\s*: ok=\d+\s+changed=0", again.stdout), (
+        output(again)
+    )
+
+
+def test_a_mac_another_vm_uses_is_refused_naming_that_vm(collections: str, dom0: Dom0Dir) -> None:
+    mac = WEB1_MACS[1]
+    other = dom0.xen / "db1.cfg"
+    other.write_text(f'name = "db1"\nvif = [ "mac={mac.upper()},bridge=xenbr1" ]\n')
+    run = play(collections, dom0, domain_play(dom0, [dom0.vm("web1", interfaces=NICS)]))
+    assert run.returncode != 0
+    assert (
+        f"vifs item 2 has mac {mac}, which domain db1 already uses ({other}); give this vif "
+        "another MAC." in " ".join(run.stdout.split())
+    ), output(run)
+    assert dom0.written() == [str(other)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "sentence"),
+    [
+        pytest.param(
+            {"interfaces": [{"bridge": "xenbr0", "dhcp4": True, "adresses": []}]},
+            "web1: interfaces[0] has an unknown key 'adresses'",
+            id="unknown-key",
+        ),
+        pytest.param(
+            {"interfaces": [{"bridge": "xenbr0", "dhcp4": True, "gateway4": "192.0.2.1"}]},
+            "web1: interfaces[0] has gateway4 192.0.2.1 but no static IPv4 address",
+            id="gateway-without-address",
+        ),
+        pytest.param(
+            {"interfaces": NICS, "vifs": ["bridge=xenbr0"]},
+            "web1: interfaces and vifs are both set",
+            id="with-vifs",
+        ),
+        pytest.param(
+            {"interfaces": NICS, "network_config": {"version": 2, "ethernets": {}}},
+            "web1: interfaces and network_config are both set",
+            id="with-network-config",
+        ),
+        pytest.param(
+            {"interface": NICS},
+            "domain_vm has an unknown key 'interface'; did you mean 'interfaces'?",
+            id="misspelt-key",
+        ),
+    ],
+)
+def test_bad_interfaces_fail_before_anything_is_written(
+    collections: str, dom0: Dom0Dir, extra: Dict[str, Any], sentence: str
+) -> None:
+    run = play(collections, dom0, domain_play(dom0, [dom0.vm("web1", **extra)]))
+    assert run.returncode != 0
+    assert sentence in " ".join(run.stdout.split()), output(run)
+    assert dom0.written() == []
+
+
+@pytest.mark.parametrize(
+    ("match", "warned"),
+    [
+        pytest.param({"name": "eth0"}, True, id="by-name"),
+        pytest.param(None, True, id="by-id"),
+        pytest.param({"macaddress": "00:16:3e:00:00:11"}, False, id="by-mac"),
+    ],
+)
+def test_a_network_config_matching_by_name_gets_a_warning_that_says_why(
+    collections: str, dom0: Dom0Dir, match: Any, warned: bool
+) -> None:
+    eth0: Dict[str, Any] = {"dhcp4": True}
+    if match is not None:
+        eth0["match"] = match
+    vm = dom0.vm("web1", network_config={"version": 2, "ethernets": {"eth0": eth0}})
+    run = play(collections, dom0, domain_play(dom0, [vm]))
+    assert run.returncode == 0, output(run)
+    text = " ".join(run.stdout.split())
+    warning = (
+        "[WARNING] web1: network_config finds eth0 only by name, and the name depends on the "
+        "guest (predictable interface names: a Debian trixie clone calls its first vif enX0, "
+        "not eth0), so the clone may come up without network. Match each by its MAC instead"
+    )
+    assert (warning in text) is warned, output(run)
+    assert (dom0.store / "web1" / "domain.json").exists()  # a warning, not a refusal
