@@ -82,6 +82,19 @@ def _strings(value: Any) -> Optional[List[str]]:
     return None
 
 
+def _ifname(
+    item: Mapping[str, Any], key: str, where: str, fix: str, problems: List[str]
+) -> Optional[str]:
+    """item[key] when it is an interface name; None when unset or, with a problem, not one."""
+    value = item.get(key)
+    if value is None or (isinstance(value, str) and _IFNAME.match(value)):
+        return value
+    problems.append(
+        f"{where} has {key} {value!r}; {fix} (1 to 15 letters, digits, '_', '.' and '-')."
+    )
+    return None
+
+
 def _interface(
     item: Any, index: int, uuid: str, where: str
 ) -> Tuple[Optional[Dict[str, str]], Optional[Tuple[str, Dict[str, Any]]], List[str]]:
@@ -101,15 +114,9 @@ def _interface(
                 f"{', '.join(INTERFACE_KEYS)}."
             )
     vif: Dict[str, str] = {}
-    bridge = item.get("bridge")
+    bridge = _ifname(item, "bridge", where, "give the name of a bridge on dom0", problems)
     if bridge is not None:
-        if not isinstance(bridge, str) or not _IFNAME.match(bridge):
-            problems.append(
-                f"{where} has bridge {bridge!r}; give the name of a bridge on dom0 (1 to 15 "
-                "letters, digits, '_', '.' and '-')."
-            )
-        else:
-            vif["bridge"] = bridge
+        vif["bridge"] = bridge
     if item.get("mac") is None:
         mac = xen_mac(uuid, index)
     else:
@@ -119,16 +126,15 @@ def _interface(
             problems.extend(exc.problems)
             mac = ""
     ethernet: Dict[str, Any] = {"match": {"macaddress": mac}}
-    name = item.get("name")
+    name = _ifname(
+        item,
+        "name",
+        where,
+        "leave it out to keep the guest's own, or give the interface name the guest should use",
+        problems,
+    )
     if name is not None:
-        if not isinstance(name, str) or not _IFNAME.match(name):
-            problems.append(
-                f"{where} has name {name!r}; give the interface name the guest should use "
-                "(1 to 15 letters, digits, '_', '.' and '-'), or leave it out to keep the "
-                "guest's own."
-            )
-        else:
-            ethernet["set-name"] = name
+        ethernet["set-name"] = name
     for key in ("dhcp4", "dhcp6"):
         value = item.get(key, False)
         if not isinstance(value, bool):
