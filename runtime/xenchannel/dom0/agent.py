@@ -293,6 +293,9 @@ class Supervisor:
                     return  # a big first scan must not delay shutdown
                 batch = changed[start : start + batch_size]
                 await asyncio.gather(*(self._reload(name, current[name]) for name in batch))
+                # A batch's links start together, not a whole store's: 10,000 connects
+                # at once would outlast connect_timeout on a busy loop.
+                self._start_new_links()
         finally:
             self._start_new_links()
 
@@ -326,8 +329,10 @@ class Supervisor:
         return link
 
     def _start_new_links(self) -> None:
-        """Start the links a look created, once every entry it read is applied: so two
-        entries naming one socket are both refused before either connects."""
+        """Start the links a batch of the look created, once every entry of it is
+        applied: so two entries naming one socket are both refused before either
+        connects (and if the second comes in a later batch, the first link is closed
+        then, before its guest can have asked for anything but a greeting)."""
         unstarted, self._unstarted = self._unstarted, []
         if self._stopping or self._stop_requested:
             return
