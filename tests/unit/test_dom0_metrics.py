@@ -66,7 +66,7 @@ def test_write_replaces_the_file_atomically_readable_by_node_exporter(tmp_path: 
     path = str(tmp_path / "xenchannel.prom")
     old = os.umask(0o077)  # the file's mode must not depend on the agent's umask
     try:
-        metrics.write(path, [record("web1")])
+        metrics.write(path, metrics.render([record("web1")]))
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

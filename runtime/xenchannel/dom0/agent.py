@@ -186,7 +186,9 @@ class Supervisor:
         failing = False
         while not stop.is_set():
             try:
-                await self._in_thread(metrics.write, path, list(self.recorder.states.values()))
+                # Rendered here, written in a thread: the loop changes the records.
+                text = metrics.render(self.recorder.states.values())
+                await self._in_thread(metrics.write, path, text)
                 failing = False
             except OSError as exc:
                 if not failing:  # one line per failure, not one per interval
@@ -214,7 +216,8 @@ class Supervisor:
         await self.recorder.flush()
         if self.config.metrics_file is not None:
             try:
-                metrics.write(self.config.metrics_file, list(self.recorder.states.values()))
+                text = metrics.render(self.recorder.states.values())
+                metrics.write(self.config.metrics_file, text)
             except OSError:
                 pass  # said while running
         self.recorder.close()

@@ -83,8 +83,8 @@ class Connection(GuestRequests, asyncio.BufferedProtocol):
         self._writing_paused = False
         self._timer: Optional[asyncio.TimerHandle] = None
         self._paced: List[asyncio.TimerHandle] = []  # at most a burst: session.Dropped
-        self._read_tokens = float(config.guest_frame_burst)
-        self._read_tokens_at = self.started
+        self._frame_tokens = float(config.guest_frame_burst)
+        self._frame_tokens_at = self.started
         self._over_rate = 0  # frames dropped past the rate since the last count
         self._last_activity = self.started
         # KNOCKs repeat only while no guest has greeted on this connection (one that has
@@ -205,13 +205,13 @@ class Connection(GuestRequests, asyncio.BufferedProtocol):
         nothing is left to handle once the flood stops.  A guest that behaves sends a
         dozen frames a boot."""
         config, now = self.config, time.monotonic()
-        self._read_tokens = min(
+        self._frame_tokens = min(
             float(config.guest_frame_burst),
-            self._read_tokens + (now - self._read_tokens_at) * config.guest_frame_rate,
+            self._frame_tokens + (now - self._frame_tokens_at) * config.guest_frame_rate,
         )
-        self._read_tokens_at = now
-        if self._read_tokens >= 1.0:
-            self._read_tokens -= 1.0
+        self._frame_tokens_at = now
+        if self._frame_tokens >= 1.0:
+            self._frame_tokens -= 1.0
             return True
         self._over_rate += 1
         return False

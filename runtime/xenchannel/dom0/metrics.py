@@ -84,6 +84,8 @@ def render(states: Iterable[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(path: str, states: Iterable[Dict[str, Any]]) -> None:
-    """Replace ``path`` with the metrics, atomically, readable by node_exporter's user."""
-    atomic_write(path, render(states).encode("utf-8"), sync=False, mode=0o644)
+def write(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` (``render``'s), atomically, readable by
+    node_exporter's user.  Rendered apart: the records it reads are the event loop's,
+    and only the loop's thread may read them while the agent runs."""
+    atomic_write(path, text.encode("utf-8"), sync=False, mode=0o644)
