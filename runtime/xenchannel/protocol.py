@@ -26,6 +26,7 @@ Layers, bottom up:
 import binascii
 import enum
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -750,6 +751,46 @@ def validate_network_config(config: Any) -> None:
                 )
             if key not in ("version", "renderer") and not isinstance(value, dict):
                 raise BundleError(f"network-config version 2 {key!r} must be a mapping")
+
+
+_ADDRESSED_V2 = ("ethernets", "bonds", "bridges", "vlans")
+
+
+def static_addresses(config: Any) -> List[str]:
+    """The static addresses a network-config (version 1 or 2, bare or under ``network:``)
+    gives the guest, without prefixes, in order: what "ready" waits to see up.  Parts it
+    does not understand give no address rather than an error (validation is elsewhere)."""
+    if isinstance(config, dict) and set(config) == {"network"}:
+        config = config["network"]
+    if not isinstance(config, dict):
+        return []
+    found = []  # type: List[Any]
+    if config.get("version") == 2:
+        for section in _ADDRESSED_V2:
+            devices = config.get(section)
+            for device in devices.values() if isinstance(devices, dict) else ():
+                addresses = device.get("addresses") if isinstance(device, dict) else None
+                # netplan allows {"10.0.0.5/24": {lifetime: 0}} entries beside strings.
+                for entry in addresses if isinstance(addresses, list) else ():
+                    for text in entry if isinstance(entry, dict) else [entry]:
+                        found.append(text)
+    elif config.get("version") == 1 and isinstance(config.get("config"), list):
+        for item in config["config"]:
+            subnets = item.get("subnets") if isinstance(item, dict) else None
+            for subnet in subnets if isinstance(subnets, list) else ():
+                if isinstance(subnet, dict) and str(subnet.get("type", "")).startswith("static"):
+                    found.append(subnet.get("address"))
+    result = []  # type: List[str]
+    for text in found:
+        if not isinstance(text, str):
+            continue
+        try:
+            address = str(ipaddress.ip_interface(text.strip()).ip)
+        except ValueError:
+            continue
+        if address not in result:
+            result.append(address)
+    return result
 
 
 def bundle_chunks(

@@ -12,8 +12,12 @@ Sans-IO, standard library only, Python 3.6 to 3.13 (no dataclasses, no walrus).
 docs/protocol.md is the specification of every body below.
 """
 
+import base64
+import binascii
 import enum
 import hashlib
+import ipaddress
+import re
 import struct
 from typing import (
     Any,
@@ -585,7 +589,7 @@ class Status(Message):
     """guest: how applying the bundle went (received, applied, failed with a reason)."""
 
     TYPE = MessageType.STATUS
-    __slots__ = ("instance_id", "reason", "session", "state")
+    __slots__ = ("instance_id", "reason", "report", "session", "state")
 
     def __init__(
         self,
@@ -593,11 +597,13 @@ class Status(Message):
         state: str,
         reason: Optional[str] = None,
         instance_id: Optional[str] = None,
+        report: Optional["Report"] = None,
     ) -> None:
         self.session = session
         self.state = state
         self.reason = reason
         self.instance_id = instance_id
+        self.report = report
 
     def body(self) -> Dict[str, Any]:
         body = {"session": self.session, "state": self.state}  # type: Dict[str, Any]
@@ -605,6 +611,9 @@ class Status(Message):
             body["reason"] = self.reason[:MAX_REASON]
         if self.instance_id:
             body["instance_id"] = self.instance_id
+        if self.report is not None:
+            # A host that predates reports ignores the key, as it does any unknown key.
+            body["report"] = self.report.body()
         return body
 
     @classmethod
@@ -618,13 +627,189 @@ class Status(Message):
         instance_id = body.get("instance_id")
         if instance_id is not None and not isinstance(instance_id, str):
             raise BadMessage("STATUS instance_id must be a string")
+        report = body.get("report")
+        if report is not None and not isinstance(report, dict):
+            raise BadMessage("STATUS report must be an object")
         # Kept only to these lengths, whatever a guest sends.
         return cls(
             _optional_str(body, "session"),
             state,
             None if reason is None else reason[:MAX_REASON],
             None if instance_id is None else instance_id[:MAX_INSTANCE_ID],
+            None if report is None else Report.parse(report),
         )
+
+
+# What a report may hold, whatever a guest sends: it is kept in dom0's state record.
+CLOUD_INIT_RESULTS = ("done", "degraded", "error", "disabled")
+MAX_REPORT_ERRORS = 16
+MAX_REPORT_ERROR = 300
+MAX_HOSTNAME = 253
+MAX_INTERFACES = 32
+MAX_INTERFACE_NAME = 64
+MAX_ADDRESSES = 32
+MAX_HOST_KEYS = 8
+MAX_HOST_KEY = 4096
+# The public key types OpenSSH writes as ssh_host_*_key.pub; the base64 blob starts with
+# the same type name, which parse() checks, so a line is a public key, not any text.
+HOST_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ssh-dss",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+)
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_BASE64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def host_key_line(line: str) -> Optional[str]:
+    """``"<type> <base64>"`` of an OpenSSH public key line, comment dropped; None if the
+    line is not a public key of a type in HOST_KEY_TYPES."""
+    fields = line.split()
+    if len(fields) < 2 or fields[0] not in HOST_KEY_TYPES or len(line) > MAX_HOST_KEY:
+        return None
+    blob = fields[1]
+    if not _BASE64_RE.match(blob):
+        return None
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    if len(raw) < 4:
+        return None
+    (length,) = _SEQ.unpack(raw[:4])
+    if raw[4 : 4 + length] != fields[0].encode("ascii"):
+        return None
+    return fields[0] + " " + blob
+
+
+def _bounded_strings(value: Any, what: str, count: int, length: int) -> List[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadMessage(f"report {what} must be a list of strings")
+    return [v[:length] for v in value[:count]]
+
+
+class Interface(Body):
+    """One network interface as the guest sees it: name, MAC, addresses (``ip/prefix``)."""
+
+    __slots__ = ("addresses", "mac", "name")
+
+    def __init__(self, name: str, mac: Optional[str], addresses: Sequence[str]) -> None:
+        self.name = name
+        self.mac = mac
+        self.addresses = list(addresses)
+
+    def body(self) -> Dict[str, Any]:
+        body = {"name": self.name, "addresses": self.addresses}  # type: Dict[str, Any]
+        if self.mac:
+            body["mac"] = self.mac.lower()
+        return body
+
+    @classmethod
+    def parse(cls, body: Dict[str, Any]) -> "Interface":
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadMessage("report interface needs a name string")
+        mac = body.get("mac")
+        if mac is not None and (not isinstance(mac, str) or not _MAC_RE.match(mac.lower())):
+            raise BadMessage("report interface mac must look like 00:16:3e:12:34:56")
+        addresses = []
+        for text in _bounded_strings(body.get("addresses"), "addresses", MAX_ADDRESSES, 64):
+            try:
+                addresses.append(str(ipaddress.ip_interface(text)))
+            except ValueError:
+                raise BadMessage(f"report interface address {text!r} is not ip/prefix") from None
+        return cls(name[:MAX_INTERFACE_NAME], mac.lower() if mac else None, addresses)
+
+
+class Report(Body):
+    """guest: what the clone is once applying finished (sent inside STATUS): cloud-init's
+    result where cloud-init applied, hostname, interfaces, SSH host public keys.  Only
+    public facts: no key material but public keys, no user-data."""
+
+    __slots__ = (
+        "cloud_init",
+        "errors",
+        "host_keys",
+        "hostname",
+        "interfaces",
+        "recoverable_errors",
+    )
+
+    def __init__(
+        self,
+        hostname: Optional[str] = None,
+        interfaces: Sequence[Interface] = (),
+        host_keys: Sequence[str] = (),
+        *,
+        cloud_init: Optional[str] = None,
+        errors: Sequence[str] = (),
+        recoverable_errors: Sequence[str] = (),
+    ) -> None:
+        self.hostname = hostname
+        self.interfaces = list(interfaces)
+        self.host_keys = list(host_keys)
+        self.cloud_init = cloud_init
+        self.errors = list(errors)
+        self.recoverable_errors = list(recoverable_errors)
+
+    def body(self) -> Dict[str, Any]:
+        body = {
+            "interfaces": [i.body() for i in self.interfaces[:MAX_INTERFACES]],
+            # As a host keeps them: "<type> <base64>", comments (user@host) dropped.
+            "host_keys": [k for k in map(host_key_line, self.host_keys) if k][:MAX_HOST_KEYS],
+        }  # type: Dict[str, Any]
+        if self.hostname:
+            body["hostname"] = self.hostname
+        if self.cloud_init:
+            body["cloud_init"] = self.cloud_init
+        if self.errors:
+            body["errors"] = [e[:MAX_REPORT_ERROR] for e in self.errors[:MAX_REPORT_ERRORS]]
+        if self.recoverable_errors:
+            body["recoverable_errors"] = [
+                e[:MAX_REPORT_ERROR] for e in self.recoverable_errors[:MAX_REPORT_ERRORS]
+            ]
+        return body
+
+    @classmethod
+    def parse(cls, body: Dict[str, Any]) -> "Report":
+        hostname = body.get("hostname")
+        if hostname is not None and not isinstance(hostname, str):
+            raise BadMessage("report hostname must be a string")
+        cloud_init = body.get("cloud_init")
+        if cloud_init is not None and cloud_init not in CLOUD_INIT_RESULTS:
+            raise BadMessage("report cloud_init must be one of " + ", ".join(CLOUD_INIT_RESULTS))
+        interfaces = body.get("interfaces")
+        if interfaces is None:
+            interfaces = []
+        if not isinstance(interfaces, list) or not all(isinstance(i, dict) for i in interfaces):
+            raise BadMessage("report interfaces must be a list of objects")
+        keys = []
+        lines = _bounded_strings(body.get("host_keys"), "host_keys", MAX_HOST_KEYS, MAX_HOST_KEY)
+        for line in lines:
+            key = host_key_line(line)
+            if key is None:
+                raise BadMessage("report host_keys must be OpenSSH public key lines")
+            keys.append(key)
+        bound = (MAX_REPORT_ERRORS, MAX_REPORT_ERROR)
+        return cls(
+            None if hostname is None else hostname[:MAX_HOSTNAME],
+            [Interface.parse(i) for i in interfaces[:MAX_INTERFACES]],
+            keys,
+            cloud_init=cloud_init,
+            errors=_bounded_strings(body.get("errors"), "errors", *bound),
+            recoverable_errors=_bounded_strings(
+                body.get("recoverable_errors"), "recoverable_errors", *bound
+            ),
+        )
+
+    def addresses(self) -> List[str]:
+        """Every reported address without its prefix (``10.0.0.5``, ``fd00::5``)."""
+        return [a.split("/")[0] for i in self.interfaces for a in i.addresses]
 
 
 class StatusAck(Message):

@@ -1320,3 +1320,51 @@ class TestIds:
     )
     def test_next_request_id(self, current: int, following: int) -> None:
         assert protocol.next_request_id(current) == following
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        (
+            {
+                "network": {
+                    "version": 2,
+                    "ethernets": {
+                        "lan": {"addresses": ["10.0.0.5/24", "FD00::5/64", {"10.0.1.5/24": {}}]},
+                        "dhcp": {"dhcp4": True},
+                    },
+                    "vlans": {"v7": {"id": 7, "link": "lan", "addresses": ["10.7.0.5/24"]}},
+                }
+            },
+            ["10.0.0.5", "fd00::5", "10.0.1.5", "10.7.0.5"],
+        ),
+        (
+            {
+                "version": 1,
+                "config": [
+                    {
+                        "type": "physical",
+                        "name": "eth0",
+                        "subnets": [
+                            {
+                                "type": "static",
+                                "address": "192.168.1.2",
+                                "netmask": "255.255.255.0",
+                            },
+                            {"type": "dhcp"},
+                            {"type": "static6", "address": "fd00::2/64"},
+                        ],
+                    },
+                    {"type": "nameserver", "address": ["192.168.1.1"]},
+                ],
+            },
+            ["192.168.1.2", "fd00::2"],
+        ),
+        ({"version": 2, "ethernets": {"e": {"addresses": ["not-an-address", 5]}}}, []),
+        ("not a mapping", []),
+    ],
+)
+def test_static_addresses_are_what_the_network_config_assigns(
+    config: Any, expected: List[str]
+) -> None:
+    assert protocol.static_addresses(config) == expected

@@ -18,10 +18,12 @@ from xenchannel.session import (
     Error,
     GetBundle,
     Hello,
+    Interface,
     Knock,
     Message,
     Query,
     QueryReply,
+    Report,
     Resume,
     Status,
     StatusAck,
@@ -30,6 +32,8 @@ from xenchannel.session import (
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGEST = "ab" * 32
+# An OpenSSH ed25519 public key (its blob names its type, as every real one does).
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEIdFCfqlznO98dpr+EHwLcE6nJGWY+PMvU+slK45pQB"
 
 EXAMPLES: List[Message] = [
     Knock([1], "0123456789abcdef"),
@@ -44,6 +48,18 @@ EXAMPLES: List[Message] = [
     BundleAck("s" * 32, DIGEST),
     Status("s" * 32, "applied", instance_id="iid-1"),
     Status("s" * 32, "failed", "a reason", "iid-1"),
+    Status(
+        "s" * 32,
+        "applied",
+        instance_id="iid-1",
+        report=Report(
+            "web1",
+            [Interface("enX0", "00:16:3e:00:00:01", ["10.0.0.5/24", "fd00::5/64"])],
+            [ED25519],
+            cloud_init="degraded",
+            recoverable_errors=["WARNING: a deprecated key"],
+        ),
+    ),
     StatusAck(),
     Query(["version", "hostname"]),
     QueryReply({"version": "0.1.0", "hostname": None}),
@@ -89,6 +105,18 @@ def test_every_class_has_an_example() -> None:
         (Status, {"session": "s", "state": "done"}, "STATUS state must be one of"),
         (Status, {"session": "s", "state": "failed", "reason": 1}, "reason must be a string"),
         (Status, {"state": "applied", "instance_id": []}, "instance_id must be a string"),
+        (Status, {"state": "applied", "report": []}, "STATUS report must be an object"),
+        (Report, {"hostname": 5}, "report hostname must be a string"),
+        (Report, {"cloud_init": "ok"}, "report cloud_init must be one of done, degraded"),
+        (Report, {"interfaces": {"eth0": {}}}, "report interfaces must be a list of objects"),
+        (Report, {"interfaces": [{"mac": "00:16:3e:00:00:01"}]}, "needs a name string"),
+        (Report, {"interfaces": [{"name": "e", "mac": "00:16:3e"}]}, "mac must look like"),
+        (Report, {"interfaces": [{"name": "e", "addresses": ["10.0.0.300/24"]}]}, "ip/prefix"),
+        (Report, {"errors": "boom"}, "report errors must be a list of strings"),
+        (Report, {"host_keys": ["-----BEGIN OPENSSH PRIVATE KEY-----"]}, "public key lines"),
+        # A known type word before a blob of another type is not that key.
+        (Report, {"host_keys": ["ssh-rsa " + ED25519.split()[1]]}, "public key lines"),
+        (Report, {"host_keys": ["ssh-ed25519 !!notbase64"]}, "public key lines"),
         (BundleBegin, {"size": 1}, "BUNDLE_BEGIN lacks size"),
         (BundleBegin, {"size": 10, "chunk_size": 4, "chunks": 2, "sha256": "x"}, "inconsistent"),
     ],
@@ -107,6 +135,40 @@ def test_what_a_guest_says_is_kept_only_to_its_bounds() -> None:
     assert len(status.reason or "") == session.MAX_REASON
     assert len(status.instance_id or "") == session.MAX_INSTANCE_ID
     assert len(Status("s", "failed", "r" * 9000).body()["reason"]) == session.MAX_REASON
+
+
+def test_a_report_is_kept_only_to_its_bounds() -> None:
+    report = Report.parse(
+        {
+            "hostname": "h" * 9000,
+            "interfaces": [
+                {
+                    "name": "n" * 900,
+                    "addresses": [f"10.0.{i // 256}.{i % 256}/32" for i in range(99)],
+                }
+            ]
+            * 99,
+            "host_keys": [ED25519 + " root@template"] * 99,
+            "errors": ["e" * 9000] * 99,
+        }
+    )
+    assert len(report.hostname or "") == session.MAX_HOSTNAME
+    assert len(report.interfaces) == session.MAX_INTERFACES
+    assert len(report.interfaces[0].name) == session.MAX_INTERFACE_NAME
+    assert len(report.interfaces[0].addresses) == session.MAX_ADDRESSES
+    assert report.host_keys == [ED25519] * session.MAX_HOST_KEYS  # comments dropped
+    assert len(report.errors) == session.MAX_REPORT_ERRORS
+    assert {len(e) for e in report.errors} == {session.MAX_REPORT_ERROR}
+
+
+def test_a_report_normalises_what_it_carries() -> None:
+    report = Report.parse(
+        {"interfaces": [{"name": "e", "mac": "00:16:3E:AA:BB:CC", "addresses": ["FD00::05/64"]}]}
+    )
+    assert report.interfaces[0].mac == "00:16:3e:aa:bb:cc"
+    assert report.addresses() == ["fd00::5"]
+    # A sender's unusable key lines are left out of the body rather than sent.
+    assert Report(host_keys=["not a key", ED25519 + " c"]).body()["host_keys"] == [ED25519]
 
 
 def test_lenient_bodies_parse_to_empty_fields_rather_than_fail() -> None:

@@ -54,6 +54,7 @@ from xenchannel.session import (
     Knocked,
     Message,
     QueryReceived,
+    Report,
     SessionInfo,
     SessionLost,
     Status,
@@ -410,12 +411,15 @@ class GuestClient:
         state: str,
         reason: Optional[str] = None,
         instance_id: Optional[str] = None,
+        report: Optional[Report] = None,
     ) -> bool:
-        """Tell dom0 how applying the bundle went; True once dom0 recorded it."""
+        """Tell dom0 how applying the bundle went, and with ``report`` what the clone is
+        now (``xenchannel.guest.report.collect``); True once dom0 recorded it."""
         if state not in STATUS_STATES:
             raise ValueError(f"status {state!r} is not one of {', '.join(STATUS_STATES)}")
         return self._acknowledge(
-            lambda session: Status(session, state, reason, instance_id), f"status {state!r}"
+            lambda session: Status(session, state, reason, instance_id, report),
+            f"status {state!r}",
         )
 
     def serve_queries(
