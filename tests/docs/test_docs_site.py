@@ -239,6 +239,7 @@ def test_sphinx_warns_of_nothing_but_unreachable_inventories(site: str) -> None:
     assert not problems, "Sphinx warned:\n" + "\n".join(problems)
 
 
+@pytest.mark.system  # shellcheck comes from `make system`
 def test_build_script_passes_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
