@@ -17,8 +17,8 @@ description:
     C(<state_dir>/<domain>.json), and returns it with the summary C(xenchannel-dom0 status)
     prints.
   - With O(wait_for), polls until the domain's channel is connected, the store's current
-    bundle has been delivered, or the guest reported it applied, within O(timeout)
-    seconds.
+    bundle has been delivered, the guest reported it applied, or the clone is ready to be
+    used, within O(timeout) seconds.
   - A domain without a usable entry in the store (O(store_dir)) is never served by the
     agent, so with O(wait_for) the module fails at once, saying to write the entry with
     M(xenchannel.provision.channel_metadata), instead of waiting for the timeout.
@@ -65,8 +65,13 @@ options:
       - V(delivered) waits until the guest acknowledged the bundle the store holds now.
       - V(applied) waits until, after that, the guest reported it applied the bundle; a
         V(failed) report for the current instance-id fails at once, with its reason.
+      - V(ready) waits until, after that, the guest's report arrived (hostname,
+        interfaces, SSH host keys, cloud-init's result) with every static address of the
+        bundle's network-config up, and returns it as RV(report). A report of cloud-init
+        errors, of a failed apply, or without a static address up fails at once with a
+        sentence that says which, since the guest reports once per boot.
     type: str
-    choices: [none, connected, delivered, applied]
+    choices: [none, connected, delivered, applied, ready]
     default: none
   timeout:
     description:
@@ -98,6 +103,21 @@ EXAMPLES = r"""
     domain: web1
     wait_for: delivered
     timeout: 120
+
+- name: Wait until web1 is ready, and pin its SSH host keys for the first login
+  xenchannel.provision.channel_status:
+    domain: web1
+    wait_for: ready
+    timeout: 600
+  register: web1_ready
+
+- name: Trust exactly the host keys web1 reported over its channel
+  ansible.builtin.known_hosts:
+    path: ~/.ssh/known_hosts_xenchannel
+    name: "{{ web1_ready.address }}"
+    key: "{{ web1_ready.address }} {{ item }}"
+  loop: "{{ web1_ready.report.host_keys }}"
+  delegate_to: localhost
 
 - name: Wait until the in-guest agent applied it
   xenchannel.provision.channel_status:
@@ -140,6 +160,39 @@ store_sha256:
       entry.
   returned: always
   type: str
+report:
+  description:
+    - What the clone reported with its last status, for the bundle the store holds now;
+      V({}) if it has not (yet). Only public facts; C(missing) lists the static addresses
+      of the network-config that were not up.
+  returned: always
+  type: dict
+  sample:
+    at: "2024-05-01T12:00:09.456Z"
+    instance_id: i-web1
+    hostname: web1
+    cloud_init: done
+    interfaces:
+      - name: enX0
+        mac: "00:16:3e:5a:01:02"
+        addresses: [10.0.0.5/24, "fe80::216:3eff:fe5a:102/64"]
+    host_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."]
+    missing: []
+address:
+  description:
+    - The address to reach the clone at, read from its report. That is the first static
+      address of its network-config that is up, else its first address that is not
+      link-local, and V(null) without a report.
+  returned: always
+  type: str
+  sample: 10.0.0.5
+ready:
+  description:
+    - V(yes), V(no) or V(failed) (see O(wait_for=ready)), and the sentence that says why
+      it is not V(yes).
+  returned: always
+  type: dict
+  sample: {state: "no", why: "the guest has not reported on instance-id i-web1 yet"}
 reached:
   description: Whether the domain is at O(wait_for) (always V(true) for V(none)).
   returned: always
@@ -159,7 +212,12 @@ from ansible_collections.xenchannel.provision.plugins.module_utils._runtime impo
     import_runtime,
 )
 
-WAIT_WORDS = {"connected": "connected", "delivered": "delivered", "applied": "applied"}
+WAIT_WORDS = {
+    "connected": "connected",
+    "delivered": "delivered",
+    "applied": "applied",
+    "ready": "ready",
+}
 
 
 class ChannelStatus:
@@ -234,7 +292,13 @@ class ChannelStatus:
                 f"{entry.instance_id} failed: {reason}; fix the bundle or the guest and "
                 "reboot it (or restart its agent)"
             )
-        return fresh and status.get("state") == "applied", None
+        applied = fresh and status.get("state") == "applied"
+        if self.wait_for == "applied":
+            return applied, None
+        word, why = self.rt.state.readiness(record)
+        if word == "failed" and applied:
+            return False, f"{self.domain} is not usable: {why}"
+        return word == "yes", None
 
     def run(self):
         params = self.module.params
@@ -252,10 +316,19 @@ class ChannelStatus:
         while True:
             record, summary, entry = self.read()
             reached, failure = self.check(record, summary, entry)
+            word, why = self.rt.state.readiness(record)
+            current = (
+                entry is not None
+                and (record.get("report") or {}).get("instance_id") == entry.instance_id
+            )
+            report = (record.get("report") or {}) if current else {}
             result = {
                 "changed": False,
                 "record": self.rt.state.public_record(record),
                 "summary": summary,
+                "report": report,
+                "address": self.rt.state.primary_address(report) if report else None,
+                "ready": {"state": word, "why": None if word == "yes" else why},
                 "store_sha256": entry.digest if entry is not None else None,
                 "reached": reached,
                 "waited": round(time.monotonic() - start, 3),
@@ -269,10 +342,10 @@ class ChannelStatus:
                 self.module.fail_json(msg=self.no_entry_message(), **result)
             now = time.monotonic()
             if now >= deadline:
-                self.module.fail_json(msg=self.timeout_message(summary), **result)
+                self.module.fail_json(msg=self.timeout_message(summary, record), **result)
             time.sleep(min(interval, deadline - now))
 
-    def timeout_message(self, summary):
+    def timeout_message(self, summary, record):
         params = self.module.params
         last = summary["last_error"]
         message = (
@@ -280,6 +353,8 @@ class ChannelStatus:
             f"{WAIT_WORDS[self.wait_for]}; last error from the agent: "
             f"{last if last != '-' else 'none recorded'}"
         )
+        if self.wait_for == "ready":
+            message += f"; not ready because {self.rt.state.readiness(record)[1]}"
         return message
 
 
@@ -292,7 +367,7 @@ def main():
         "wait_for": {
             "type": "str",
             "default": "none",
-            "choices": ["none", "connected", "delivered", "applied"],
+            "choices": ["none", "connected", "delivered", "applied", "ready"],
         },
         "timeout": {"type": "float", "default": 300},
         "poll_interval": {"type": "float", "default": 1},

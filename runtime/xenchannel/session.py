@@ -685,6 +685,12 @@ def host_key_line(line: str) -> Optional[str]:
     return fields[0] + " " + blob
 
 
+def host_key_fingerprint(key: str) -> str:
+    """``SHA256:<base64>`` of a host key line, as ``ssh`` and ``ssh-keygen -l`` show it."""
+    blob = base64.b64decode(key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
 def _bounded_strings(value: Any, what: str, count: int, length: int) -> List[str]:
     if value is None:
         return []

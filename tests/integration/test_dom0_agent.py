@@ -34,7 +34,7 @@ from typing import (
 
 import pytest
 
-from xenchannel.dom0 import cli
+from xenchannel.dom0 import cli, state
 from xenchannel.dom0.agent import Supervisor
 from xenchannel.dom0.config import AgentConfig, AgentError
 from xenchannel.dom0.control import control_request
@@ -1419,6 +1419,130 @@ def test_sigkill_at_any_moment_leaves_nothing_behind(env: Env) -> None:
             assert record["active"] is True and record["link"] == "stopped", record
 
 
+# An OpenSSH ed25519 public key, and what ``ssh-keygen -l`` says of it.
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEIdFCfqlznO98dpr+EHwLcE6nJGWY+PMvU+slK45pQB"
+HOST_KEY_FINGERPRINT = (
+    "SHA256:HcVCIlx4Qy9tcRKrkGmVTb81WlY+Gr2oQ4eW9gcfvcg"  # as OpenSSH 9.2's ssh-keygen -l prints it
+)
+NETWORK_CONFIG = {
+    "version": 2,
+    "ethernets": {
+        "lan": {"match": {"macaddress": "00:16:3e:00:00:01"}, "addresses": ["10.0.0.5/24"]},
+        "wan": {"match": {"macaddress": "00:16:3e:00:00:02"}, "dhcp4": True},
+    },
+}
+
+
+def report_body(*addresses: str, **extra: Any) -> Dict[str, Any]:
+    return dict(
+        {
+            "hostname": "web1",
+            "cloud_init": "done",
+            "interfaces": [
+                {"name": "enX0", "mac": "00:16:3e:00:00:01", "addresses": list(addresses)},
+                {"name": "enX1", "mac": "00:16:3e:00:00:02", "addresses": ["192.168.7.9/24"]},
+            ],
+            "host_keys": [HOST_KEY + " root@web1"],
+        },
+        **extra,
+    )
+
+
+def test_a_report_makes_the_clone_ready_once_its_static_addresses_are_up(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = Bundle(
+        {"instance-id": "iid-web1", "local-hostname": "web1"}, None, None, NETWORK_CONFIG
+    )
+    write_domain(env.store, "web1", env.sock("web1"), bundle)
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            session = await guest.hello()
+            _, digest = await guest.fetch(session)
+            await guest.ack(session, digest)
+            # The static address is not up: the report is kept, and says what is missing.
+            body = report_body("fe80::216:3eff:fe00:1/64")
+            await guest.status(session, state="applied", instance_id="iid-web1", report=body)
+            report = await wait_until(lambda: state_of(env, "web1").get("report"))
+            assert report["missing"] == ["10.0.0.5"]
+            assert report["host_keys"] == [HOST_KEY]  # the comment is not kept
+            assert report["instance_id"] == "iid-web1"
+            assert state.readiness(state_of(env, "web1"))[0] == "failed"
+            # A later report (the guest reported again) with the address up: ready.
+            body = report_body("10.0.0.5/24", "fe80::216:3eff:fe00:1/64")
+            await guest.status(session, 11, state="applied", instance_id="iid-web1", report=body)
+            await wait_until(lambda: not state_of(env, "web1")["report"]["missing"])
+
+    run(scenario())
+    assert state.readiness(state_of(env, "web1")) == ("yes", "ready")
+    assert cli.main(["status", "--state", env.state]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[5:7] == ["yes", "10.0.0.5"]
+    assert cli.main(["status", "web1", "--state", env.state]) == 0
+    shown = capsys.readouterr().out
+    assert "ready: yes\n" in shown
+    assert "hostname: web1" in shown
+    assert "enX0 00:16:3e:00:00:01 10.0.0.5/24 fe80::216:3eff:fe00:1/64" in shown
+    assert f"{HOST_KEY_FINGERPRINT} (ssh-ed25519)" in shown
+    assert cli.main(["status", "web1", "--json", "--state", env.state]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["summary"]["ready"] == "yes"
+    assert record["report"]["interfaces"][1]["addresses"] == ["192.168.7.9/24"]
+
+
+@pytest.mark.parametrize(
+    "report,sentence",
+    [
+        ({"host_keys": ["-----BEGIN OPENSSH PRIVATE KEY-----"]}, "public key lines"),
+        ({"interfaces": [{"name": "e", "addresses": ["300.1.1.1/8"]}]}, "is not ip/prefix"),
+        ({"cloud_init": "fine"}, "cloud_init must be one of"),
+    ],
+)
+def test_a_malformed_report_is_refused_and_not_recorded(
+    env: Env, report: Dict[str, Any], sentence: str
+) -> None:
+    write_domain(env.store, "web1", env.sock("web1"), make_bundle("iid-web1", "web1"))
+
+    async def scenario() -> None:
+        async with qemu(env.sock("web1")) as server, running_agent(env.config()):
+            guest = await server.accept()
+            session = await guest.hello()
+            reply = await guest.status(session, state="applied", report=report)
+            assert reply.message_type() is MessageType.ERROR
+            assert sentence in reply.json()["message"]
+            # The same session still works.
+            assert (await guest.status(session, 11, state="applied")).json() == {"recorded": True}
+
+    run(scenario())
+    assert state_of(env, "web1").get("report") is None
+
+
+def test_cloud_init_errors_and_failed_status_are_not_ready() -> None:
+    at = "2026-01-01T00:00:01.000Z"
+    base = state.new_state("web1")
+    base.update(
+        bundle={"sha256": "b" * 64, "instance_id": "iid-1", "size": 1},
+        delivered={"at": "2026-01-01T00:00:00.000Z", "sha256": "b" * 64, "count": 1},
+        status={"at": at, "state": "applied", "instance_id": "iid-1", "mismatch": False},
+    )
+    report = dict(report_body("10.0.0.5/24"), at=at, instance_id="iid-1", missing=[])
+    assert state.readiness(dict(base, report=report)) == ("yes", "ready")
+    errors = dict(report, cloud_init="error", errors=["a module failed"])
+    assert state.readiness(dict(base, report=errors)) == (
+        "failed",
+        "cloud-init finished with errors: a module failed",
+    )
+    failed = dict(base, status=dict(base["status"], state="failed", reason="boom"))
+    assert state.readiness(dict(failed, report=report)) == ("failed", "applying failed: boom")
+    # A report of an earlier instance, or before the delivery, does not count.
+    older = dict(base["status"], at="2025-12-31T23:59:59.000Z")
+    assert state.readiness(dict(base, status=older, report=report))[0] == "no"
+    other = dict(base, bundle=dict(base["bundle"], instance_id="iid-2"))
+    assert "has not reported on instance-id iid-2" in state.readiness(other)[1]
+
+
 def test_status_cli_table_and_json(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     bundle = make_bundle("iid-web1", "web1")
     write_domain(env.store, "web1", env.sock("web1"), bundle)
@@ -1438,10 +1562,14 @@ def test_status_cli_table_and_json(env: Env, capsys: pytest.CaptureFixture[str])
     assert cli.main(["status", "--state", env.state]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
-        "DOMAIN", "CONNECTED", "HANDSHAKE", "DELIVERED", "STATUS", "INSTANCE-ID", "LAST", "ERROR"
+        "DOMAIN", "CONNECTED", "HANDSHAKE", "DELIVERED", "STATUS", "READY", "ADDRESS",
+        "INSTANCE-ID", "LAST", "ERROR",
     ]  # fmt: skip
-    assert lines[1].split() == ["web1", "no", "v1", "yes", "applied", "iid-web1", "-"]
-    assert lines[2].split() == ["web2", "no", "no", "no", "-", "iid-web2", "-"]
+    # Applied, but by a guest that sent no report: not ready (the single view says why).
+    assert lines[1].split() == ["web1", "no", "v1", "yes", "applied", "no", "-", "iid-web1", "-"]
+    assert lines[2].split() == ["web2", "no", "no", "no", "-", "no", "-", "iid-web2", "-"]
+    assert cli.main(["status", "web1", "--state", env.state]) == 0
+    assert "ready: no (the guest reported applied without a report" in capsys.readouterr().out
 
     assert cli.main(["status", "web1", "--json", "--state", env.state]) == 0
     record = json.loads(capsys.readouterr().out)

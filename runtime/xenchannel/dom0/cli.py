@@ -33,8 +33,15 @@ from xenchannel.dom0.config import (
     AgentError,
 )
 from xenchannel.dom0.control import control_request
-from xenchannel.dom0.state import load_state, load_states, public_record, summarise
+from xenchannel.dom0.state import (
+    load_state,
+    load_states,
+    public_record,
+    readiness,
+    summarise,
+)
 from xenchannel.dom0.store import valid_domain_name
+from xenchannel.session import host_key_fingerprint, printable
 
 PROG = "python -m xenchannel.dom0"
 COLUMNS = (
@@ -43,6 +50,8 @@ COLUMNS = (
     ("HANDSHAKE", "handshake"),
     ("DELIVERED", "delivered"),
     ("STATUS", "status"),
+    ("READY", "ready"),
+    ("ADDRESS", "address"),
     ("INSTANCE-ID", "instance_id"),
     ("LAST ERROR", "last_error"),
 )
@@ -203,6 +212,32 @@ def format_table(summaries: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_report(state: Dict[str, Any]) -> str:
+    """One domain's readiness and report, below its table row: what a user checks before
+    logging in (the host key fingerprints are what ``ssh`` shows on first contact)."""
+    ready, why = readiness(state)
+    lines = ["", f"ready: {ready}" + ("" if ready == "yes" else f" ({why})")]
+    report = state.get("report")
+    if not isinstance(report, dict):
+        return "\n".join(lines)
+    lines.append(f"reported at: {report.get('at')} for instance-id {report.get('instance_id')}")
+    lines.append(f"hostname: {printable(str(report.get('hostname') or '-'), 253)}")
+    if report.get("cloud_init"):
+        lines.append(f"cloud-init: {report['cloud_init']}")
+    for label in ("errors", "recoverable_errors"):
+        for error in report.get(label) or []:
+            lines.append(f"  {label.replace('_', ' ')[:-1]}: {printable(str(error), 300)}")
+    lines.append("interfaces:")
+    for interface in report.get("interfaces") or []:
+        words = [str(interface.get(k) or "-") for k in ("name", "mac")]
+        words += [str(a) for a in interface.get("addresses") or []]
+        lines.append("  " + printable(" ".join(words), 400))
+    lines.append("host keys:")
+    for key in report.get("host_keys") or []:
+        lines.append(f"  {host_key_fingerprint(str(key))} ({str(key).split()[0]})")
+    return "\n".join(lines)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config = build_config(args)
     state_dir = config.state_dir
@@ -223,6 +258,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(json.dumps(record, indent=2, sort_keys=True))
         else:
             print(format_table([summarise(state)]))
+            print(format_report(state))
         return 0
     if not os.path.isdir(state_dir):
         return _fail(f"the state directory {state_dir} does not exist; has the agent run?")

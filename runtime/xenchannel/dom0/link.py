@@ -20,13 +20,13 @@ import random
 import re
 import stat
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
 
 from xenchannel.dom0 import LOG, log_event
 from xenchannel.dom0.connection import Connection
 from xenchannel.dom0.state import now_iso
 from xenchannel.dom0.store import DomainEntry, domain_file, resolved_socket_problem
-from xenchannel.protocol import ChannelClosed, Skipped
+from xenchannel.protocol import ChannelClosed, Skipped, static_addresses
 from xenchannel.session import HostState
 
 if TYPE_CHECKING:  # pragma: no cover - types only
@@ -61,6 +61,8 @@ class BundleInfo(NamedTuple):
     instance_id: str
     size: int
     hostname: Optional[str]
+    # What its network-config assigns, for judging the guest's report ("ready").
+    static_addresses: Tuple[str, ...]
 
 
 def _is_socket(path: str) -> bool:
@@ -136,7 +138,13 @@ class DomainLink:
     def set_entry(self, entry: DomainEntry) -> None:
         """The store entry was (re)loaded and is valid."""
         self._move(entry.socket)
-        info = BundleInfo(entry.digest, entry.instance_id, entry.size, entry.hostname)
+        info = BundleInfo(
+            entry.digest,
+            entry.instance_id,
+            entry.size,
+            entry.hostname,
+            tuple(static_addresses(entry.bundle.network_config)),
+        )
         changed = info != self.bundle
         self.bundle = info
         self.store_error = None

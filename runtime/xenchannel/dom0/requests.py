@@ -263,14 +263,25 @@ class GuestRequests:
         state, reason, instance_id = status.state, status.reason, status.instance_id
         ours = link.bundle.instance_id if link.bundle is not None else None
         mismatch = instance_id is not None and instance_id != ours
+        at = now_iso()
+        report = None
+        if status.report is not None:
+            # Judged here, against the bundle the guest applied, so that "ready" is a
+            # reading of the record alone (status, channel_status) and needs no bundle.
+            static = () if mismatch or link.bundle is None else link.bundle.static_addresses
+            up = set(status.report.addresses())
+            missing = [a for a in static if a not in up]
+            report = dict(status.report.body(), at=at, instance_id=instance_id, missing=missing)
         link.record(
             status={
-                "at": now_iso(),
+                "at": at,
                 "state": state,
                 "reason": reason,
                 "instance_id": instance_id,
                 "mismatch": mismatch,
-            }
+            },
+            # A STATUS without one (a guest older than reports) leaves no stale report.
+            report=report,
         )
         if mismatch:
             assert instance_id is not None

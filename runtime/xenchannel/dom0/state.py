@@ -9,10 +9,13 @@ One JSON file per domain, ``<state_dir>/<domain>.json``, mode 0600, replaced ato
      "bundle": {"sha256", "instance_id", "size"},      the store's current valid bundle
      "delivered": {"at", "sha256", "instance_id", "count"},
      "status": {"at", "state", "reason", "instance_id", "mismatch"},
+     "report": {"at", "instance_id", "hostname", "cloud_init", "errors",
+                "recoverable_errors", "interfaces": [{"name", "mac", "addresses"}],
+                "host_keys", "missing"},   what the clone is, sent with its last STATUS
      "last_error": {"at", "message"},
      "updated_at": "...Z"}
 
-Times are ISO-8601 UTC with milliseconds and a ``Z``.  The five nested records are
+Times are ISO-8601 UTC with milliseconds and a ``Z``.  The nested records are
 absent until they first happen (``bundle`` also while the store entry is invalid), so a
 reader can write ``state.get("status", {}).get("state")``; in memory they are None.
 
@@ -20,17 +23,20 @@ The agent writes these files through a ``StateRecorder``, which coalesces bursts
 most one write per domain per 0.2 s, each event on disk within about that bound);
 ``status`` reads them, also while the agent is down.  ``summarise`` is the one
 definition of what the status table shows, in particular of "delivered": the guest
-acknowledged the bundle the store holds *now*.
+acknowledged the bundle the store holds *now*; ``readiness`` the one definition of
+"ready": the clone reported, after applying that bundle, with every static address of
+its network-config up.
 """
 
 import asyncio
 import datetime
 import fcntl
+import ipaddress
 import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from xenchannel.dom0 import log_event
 from xenchannel.dom0.files import atomic_write, is_temporary
@@ -53,6 +59,7 @@ _DEFAULTS: Dict[str, Any] = {
     "bundle": None,
     "delivered": None,
     "status": None,
+    "report": None,
     "last_error": None,
     # Per-domain counters (dom0/link.py COUNTERS): connects, deliveries, refusals by
     # code, dropped requests by reason, log lines held back, skipped bytes, and the kind
@@ -61,7 +68,15 @@ _DEFAULTS: Dict[str, Any] = {
     "updated_at": None,
 }
 STATE_FIELDS = tuple(_DEFAULTS)
-NESTED_FIELDS = ("handshake", "bundle", "delivered", "status", "last_error", "counters")
+NESTED_FIELDS = (
+    "handshake",
+    "bundle",
+    "delivered",
+    "status",
+    "report",
+    "last_error",
+    "counters",
+)
 MAX_STATE_FILE = 1024 * 1024
 
 
@@ -170,6 +185,93 @@ def save_state(state_dir: str, state: Dict[str, Any], sync: bool = True) -> None
     atomic_write(path, encode_state(state), sync=sync)
 
 
+READY_WORDS = ("yes", "no", "failed")
+
+
+def _nested(state: Dict[str, Any], key: str) -> Dict[str, Any]:
+    value = state.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def readiness(state: Dict[str, Any]) -> Tuple[str, str]:
+    """(word, why): whether the clone is ready to be used, and a sentence saying why not.
+
+    "yes": after acknowledging the bundle the agent holds, the guest reported it applied,
+    cloud-init (where it ran) without errors, and every static address of the bundle's
+    network-config up.  "failed": it reported otherwise for that bundle; nothing changes
+    until the guest is fixed and reports again.  "no": it has not reported on that bundle
+    yet, or it cannot (a guest runtime older than reports).
+    """
+    bundle, status, report = (_nested(state, k) for k in ("bundle", "status", "report"))
+    delivered = _nested(state, "delivered")
+    instance_id = bundle.get("instance_id")
+    if not bundle.get("sha256") or delivered.get("sha256") != bundle.get("sha256"):
+        return "no", "the guest has not acknowledged the current bundle yet"
+    fresh = (
+        status.get("instance_id") == instance_id
+        and not status.get("mismatch")
+        and str(status.get("at") or "") >= str(delivered.get("at") or "")
+    )
+    if not fresh:
+        return "no", f"the guest has not reported on instance-id {instance_id} yet"
+    if status.get("state") == "failed":
+        return "failed", "applying failed: " + str(status.get("reason") or "no reason given")
+    if status.get("state") != "applied":
+        return "no", f"the guest reported {status.get('state')!r}, not applied, so far"
+    if report.get("instance_id") != instance_id or report.get("at") != status.get("at"):
+        return "no", (
+            "the guest reported applied without a report of its addresses and host keys: "
+            "its xenchannel runtime predates reports; update the template's guest role"
+        )
+    if report.get("cloud_init") == "error":
+        errors = "; ".join(str(e) for e in report.get("errors") or []) or "no errors listed"
+        return "failed", "cloud-init finished with errors: " + errors
+    missing = report.get("missing") or []
+    if missing:
+        return "failed", (
+            "the guest reported without the static address(es) {} up (it has {}); make "
+            "the network-config match the clone's interfaces by MAC".format(
+                ", ".join(str(a) for a in missing), interfaces_text(report)
+            )
+        )
+    return "yes", "ready"
+
+
+def interfaces_text(report: Dict[str, Any]) -> str:
+    """The reported interfaces in one line: ``enX0 00:16:3e:..:.. 10.0.0.5/24, ...``."""
+    parts = []
+    for interface in report.get("interfaces") or []:
+        if isinstance(interface, dict):
+            words = [str(interface.get("name"))]
+            if interface.get("mac"):
+                words.append(str(interface["mac"]))
+            words.extend(str(a) for a in interface.get("addresses") or [])
+            parts.append(" ".join(words))
+    return "; ".join(parts) or "no interfaces"
+
+
+def primary_address(report: Dict[str, Any]) -> Optional[str]:
+    """The address to reach the clone at: the first static address of its network-config
+    that is up, else the first reported address that is not link-local."""
+    addresses = [
+        str(a).split("/")[0]
+        for interface in report.get("interfaces") or []
+        if isinstance(interface, dict)
+        for a in interface.get("addresses") or []
+    ]
+    missing = set(report.get("missing") or [])
+    usable = [a for a in addresses if a not in missing and not _link_local(a)]
+    return usable[0] if usable else None
+
+
+def _link_local(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return True
+    return ip.is_link_local or ip.is_loopback
+
+
 def summarise(state: Dict[str, Any]) -> Dict[str, Any]:
     """The status table's view of a record: short strings, plus the delivered count.
 
@@ -199,6 +301,8 @@ def summarise(state: Dict[str, Any]) -> Dict[str, Any]:
         if status.get("mismatch"):
             status_text += " (mismatch)"
     count = delivered.get("count", 0) if delivered is not None else 0
+    ready, _why = readiness(state)
+    report = _nested(state, "report")
     return {
         "domain": state.get("domain", ""),
         "active": state.get("active", True) is not False,
@@ -207,6 +311,9 @@ def summarise(state: Dict[str, Any]) -> Dict[str, Any]:
         "delivered": delivered_text,
         "delivered_count": count if isinstance(count, int) else 0,
         "status": status_text,
+        "ready": ready,
+        "address": primary_address(report) or "-",
+        "hostname": report.get("hostname") or "-",
         "instance_id": (bundle.get("instance_id") if bundle is not None else None) or "-",
         "last_error": (last_error.get("message") if last_error is not None else None) or "-",
         "updated_at": state.get("updated_at"),

@@ -39,6 +39,7 @@ def record(
     delivered_sha: Optional[str] = None,
     status: Optional[Dict[str, Any]] = None,
     error: Optional[str] = None,
+    report: Optional[Dict[str, Any]] = None,
 ) -> None:
     """Write vm1's state record as the agent would."""
     state = new_state("vm1", os.path.join(dirs["socket_root"], "vm1.sock"))
@@ -55,6 +56,9 @@ def record(
         }
     if status:
         state["status"] = {"at": "2026-01-01T00:00:02.000Z", "instance_id": "iid-vm1", **status}
+    if report is not None:
+        # Sent with the STATUS: the agent records both at the same moment.
+        state["report"] = {"at": "2026-01-01T00:00:02.000Z", "instance_id": "iid-vm1", **report}
     if error:
         state["last_error"] = {"at": "2026-01-01T00:00:03.000Z", "message": error}
     state["updated_at"] = "2026-01-01T00:00:04.000Z"
@@ -226,6 +230,99 @@ def test_wait_for_applied_and_connected(dirs: Dict[str, str], digest: str) -> No
     for level in ("connected", "delivered", "applied"):
         result = run_module(channel_status.main, args(dirs, wait_for=level, timeout=1))
         assert result["reached"] is True, level
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEIdFCfqlznO98dpr+EHwLcE6nJGWY+PMvU+slK45pQB"
+
+
+def a_report(**extra: Any) -> Dict[str, Any]:
+    return {
+        "hostname": "vm1",
+        "cloud_init": "done",
+        "interfaces": [
+            {"name": "enX0", "mac": "00:16:3e:00:00:01", "addresses": ["fe80::1/64", "10.0.0.5/24"]}
+        ],
+        "host_keys": [HOST_KEY],
+        "missing": [],
+        **extra,
+    }
+
+
+def test_wait_for_ready_returns_the_report_and_the_address(
+    dirs: Dict[str, str], digest: str, later: Any
+) -> None:
+    record(dirs, bundle_sha=digest, delivered_sha=digest)
+    applied = {"state": "applied"}
+    later(0.3, lambda: record(dirs, digest, digest, status=applied, report=a_report()))
+    result = run_module(
+        channel_status.main, args(dirs, wait_for="ready", timeout=10, poll_interval=0.05)
+    )
+    assert result["reached"] is True
+    assert result["ready"] == {"state": "yes", "why": None}
+    assert result["address"] == "10.0.0.5"  # not the link-local one
+    assert result["report"]["host_keys"] == [HOST_KEY]
+    assert result["summary"]["ready"] == "yes"
+
+
+def test_reading_once_says_why_a_clone_is_not_ready(dirs: Dict[str, str], digest: str) -> None:
+    record(dirs, bundle_sha=digest, delivered_sha=digest)
+    result = run_module(channel_status.main, args(dirs))
+    assert result["ready"] == {
+        "state": "no",
+        "why": "the guest has not reported on instance-id iid-vm1 yet",
+    }
+    assert result["report"] == {} and result["address"] is None
+
+
+@pytest.mark.parametrize(
+    ("status", "report", "sentence"),
+    [
+        pytest.param(
+            {"state": "applied"},
+            a_report(missing=["10.0.0.7"]),
+            "vm1 is not usable: the guest reported without the static address(es) 10.0.0.7 "
+            "up (it has enX0 00:16:3e:00:00:01 fe80::1/64 10.0.0.5/24); make the "
+            "network-config match the clone's interfaces by MAC",
+            id="address-missing",
+        ),
+        pytest.param(
+            {"state": "applied"},
+            a_report(cloud_init="error", errors=["module x failed"]),
+            "vm1 is not usable: cloud-init finished with errors: module x failed",
+            id="cloud-init-error",
+        ),
+        pytest.param(
+            {"state": "failed", "reason": "cloud-init: boom"},
+            a_report(cloud_init="error", errors=["boom"]),
+            "the guest vm1 reported that applying instance-id iid-vm1 failed: cloud-init: boom",
+            id="failed",
+        ),
+    ],
+)
+def test_a_clone_that_cannot_become_ready_fails_at_once(
+    dirs: Dict[str, str], digest: str, status: Dict[str, Any], report: Dict[str, Any], sentence: str
+) -> None:
+    record(dirs, bundle_sha=digest, delivered_sha=digest, status=status, report=report)
+    start = time.monotonic()
+    result = fail_module(
+        channel_status.main, args(dirs, wait_for="ready", timeout=30, poll_interval=0.1)
+    )
+    assert time.monotonic() - start < 5
+    assert result["msg"].startswith(sentence), result["msg"]
+    assert result["reached"] is False
+
+
+def test_a_guest_without_reports_times_out_saying_why(dirs: Dict[str, str], digest: str) -> None:
+    record(dirs, bundle_sha=digest, delivered_sha=digest, status={"state": "applied"})
+    result = fail_module(
+        channel_status.main, args(dirs, wait_for="ready", timeout=0.2, poll_interval=0.05)
+    )
+    assert result["msg"].startswith("timed out after 0.2 s waiting for vm1 to be ready")
+    assert result["msg"].endswith(
+        "not ready because the guest reported applied without a report of its addresses "
+        "and host keys: its xenchannel runtime predates reports; update the template's "
+        "guest role"
+    )
 
 
 @pytest.mark.parametrize(
