@@ -63,8 +63,8 @@ import posixpath
 
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
-from ansible_collections.xenchannel.provision.plugins.module_utils.xl_host import (
-    valid_domain_name,
+from ansible_collections.xenchannel.provision.plugins.module_utils.domain_name import (
+    domain_name_problem,
 )
 
 MAX_SOCKET_PATH = 107
@@ -72,11 +72,9 @@ MAX_SOCKET_PATH = 107
 
 def socket_path(domain, socket_dir="/run/xenchannel"):
     """`<socket_dir>/<domain>.sock`; ValueError with one sentence if it cannot be."""
-    if not valid_domain_name(domain):
-        raise ValueError(
-            f"domain name {domain!r} is not valid; use 1 to 64 letters, digits, '_', '.' "
-            "and '-', starting with a letter or digit and without '..'"
-        )
+    problem = domain_name_problem(domain)
+    if problem is not None:
+        raise ValueError(problem)
     if not isinstance(socket_dir, str) or not socket_dir.startswith("/"):
         raise ValueError(f"socket_dir {socket_dir!r} is not an absolute path; give one")
     root = posixpath.normpath(socket_dir)

@@ -35,12 +35,12 @@ from ansible_collections.xenchannel.provision.plugins.module_utils.channel_spec 
     format_spec,
     parse_spec,
 )
+from ansible_collections.xenchannel.provision.plugins.module_utils.domain_name import (
+    domain_name_problem,
+)
 from ansible_collections.xenchannel.provision.plugins.module_utils.xl_config import (
     XlConfig,
     is_setting_name,
-)
-from ansible_collections.xenchannel.provision.plugins.module_utils.xl_host import (
-    valid_domain_name,
 )
 
 __all__ = [
@@ -628,11 +628,9 @@ def _is_size(value: Any) -> bool:
 
 def _name(value: Any) -> str:
     # The dom0 agent's rule: the same name keys the store entry and the channel socket.
-    if not valid_domain_name(value):
-        raise DomainConfigError(
-            f"name {value!r} is not a valid domain name; use 1 to 64 letters, digits, '_', "
-            "'.' and '-', starting with a letter or digit and without '..'"
-        )
+    problem = domain_name_problem(value)
+    if problem is not None:
+        raise DomainConfigError(problem)
     return value
 
 

@@ -32,7 +32,15 @@ PACKAGE = "xenchannel"
 # and watch paths with inotify, and both know the one rule for a channel's name.
 # No guest code on dom0, no dom0 code on a guest: each host runs and imports all it has.
 COMPONENTS = {
-    "dom0": ("__init__.py", "protocol.py", "session.py", "inotify.py", "channel_name.py", "dom0/"),
+    "dom0": (
+        "__init__.py",
+        "protocol.py",
+        "session.py",
+        "inotify.py",
+        "channel_name.py",
+        "domain_name.py",
+        "dom0/",
+    ),
     "guest": (
         "__init__.py",
         "protocol.py",

@@ -11,22 +11,14 @@ Standard library and AnsibleModule only; runs on Python 3.8+ (Ansible module_uti
 """
 
 import os
-import re
 import stat
 import subprocess
 import tempfile
 from typing import Any, Optional, Union
 
-__all__ = ["XL_TIMEOUT", "config_file", "domain_running", "valid_domain_name", "write_atomic"]
+__all__ = ["XL_TIMEOUT", "config_file", "domain_running", "write_atomic"]
 
-# The dom0 agent's domain names (runtime/xenchannel/dom0/store.py).
-DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 XL_TIMEOUT = 10
-
-
-def valid_domain_name(name: Any) -> bool:
-    """Whether `name` is a domain name the dom0 agent accepts."""
-    return isinstance(name, str) and bool(DOMAIN_NAME_RE.match(name)) and ".." not in name
 
 
 def domain_running(module: Any, domain: Any) -> Union[bool, str]:

@@ -228,6 +228,9 @@ from ansible_collections.xenchannel.provision.plugins.module_utils.channel_spec 
     format_spec,
     parse_spec,
 )
+from ansible_collections.xenchannel.provision.plugins.module_utils.domain_name import (
+    domain_name_problem,
+)
 from ansible_collections.xenchannel.provision.plugins.module_utils.xl_config import (
     XlConfig,
     XlConfigError,
@@ -235,7 +238,6 @@ from ansible_collections.xenchannel.provision.plugins.module_utils.xl_config imp
 from ansible_collections.xenchannel.provision.plugins.module_utils.xl_host import (
     config_file,
     domain_running,
-    valid_domain_name,
     write_atomic,
 )
 
@@ -267,11 +269,9 @@ class XlChannel:
         if self.exact and self.state == "absent":
             self.fail("exact=true needs state=present; with state=absent, list the names to remove")
         domain = params["domain"]
-        if domain is not None and not valid_domain_name(domain):
-            self.fail(
-                f"domain name {domain!r} is not valid; use 1 to 64 letters, digits, '_', '.' "
-                "and '-', starting with a letter or digit and without '..'"
-            )
+        problem = None if domain is None else domain_name_problem(domain)
+        if problem is not None:
+            self.fail(problem)
         if not os.path.isabs(self.socket_dir):
             self.fail(f"socket_dir {self.socket_dir!r} is not an absolute path; give one")
         names = [item["name"] for item in self.wanted]

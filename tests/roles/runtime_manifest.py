@@ -12,7 +12,15 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime" / "xenchannel"
 # The top-level entries of runtime/xenchannel each kind of host runs.
 TOPS = {
     "guest": ("__init__.py", "protocol.py", "session.py", "inotify.py", "channel_name.py", "guest"),
-    "dom0": ("__init__.py", "protocol.py", "session.py", "inotify.py", "channel_name.py", "dom0"),
+    "dom0": (
+        "__init__.py",
+        "protocol.py",
+        "session.py",
+        "inotify.py",
+        "channel_name.py",
+        "domain_name.py",
+        "dom0",
+    ),
 }
 
 

@@ -33,9 +33,9 @@ from xenchannel.dom0.store import (
     scan_names,
     scan_store,
     signature_of,
-    valid_domain_name,
 )
 from xenchannel.dom0.watch import StoreWatch
+from xenchannel.domain_name import valid_domain_name
 
 T = TypeVar("T")
 # Open files the agent needs besides one socket per domain: state writes, store reads in

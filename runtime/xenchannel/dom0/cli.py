@@ -40,7 +40,7 @@ from xenchannel.dom0.state import (
     readiness,
     summarise,
 )
-from xenchannel.dom0.store import valid_domain_name
+from xenchannel.domain_name import valid_domain_name
 from xenchannel.session import host_key_fingerprint, printable
 
 PROG = "python -m xenchannel.dom0"

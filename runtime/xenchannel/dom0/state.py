@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from xenchannel.dom0 import log_event
 from xenchannel.dom0.files import atomic_write, is_temporary
-from xenchannel.dom0.store import valid_domain_name
+from xenchannel.domain_name import valid_domain_name
 from xenchannel.protocol import ChannelError
 
 STATE_SUFFIX = ".json"

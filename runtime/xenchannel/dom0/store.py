@@ -26,17 +26,15 @@ import binascii
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from xenchannel.dom0.files import atomic_write
+from xenchannel.domain_name import DOMAIN_NAME_RULE, domain_name_problem, valid_domain_name
 from xenchannel.protocol import MAX_BUNDLE_SIZE, MAX_JSON_DEPTH, Bundle, BundleError, ChannelError
 
 DOMAIN_FILE = "domain.json"
-# \Z, not $: $ also matches before a trailing newline, and "vm1\n" is no domain name.
-DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 KNOWN_KEYS = ("socket", "meta-data", "user-data", "vendor-data", "network-config")
 # base64 inflates by 4/3 and JSON adds a little: a file this size cannot hold a bundle
 # under MAX_BUNDLE_SIZE, so reading stops there rather than loading something huge.
@@ -83,16 +81,10 @@ class DomainEntry(NamedTuple):
         return self.bundle.hostname
 
 
-def valid_domain_name(name: str) -> bool:
-    return bool(DOMAIN_NAME_RE.match(name)) and ".." not in name
-
-
 def check_domain_name(name: str) -> None:
-    if not isinstance(name, str) or not valid_domain_name(name):
-        raise StoreError(
-            f"domain name {name!r} is not valid; use 1 to 64 letters, digits, '_', '.' "
-            "and '-', starting with a letter or digit and without '..'"
-        )
+    problem = domain_name_problem(name)
+    if problem is not None:
+        raise StoreError(problem)
 
 
 def domain_dir(store_dir: str, name: str) -> str:
@@ -180,8 +172,7 @@ def _scan_entry(
     if not valid_domain_name(name):
         if problems is not None:
             problems.append(
-                f"{path} is ignored: {name!r} is not a valid domain name "
-                "(1 to 64 letters, digits, '_', '.' and '-')"
+                f"{path} is ignored: {name!r} is not a valid domain name ({DOMAIN_NAME_RULE})"
             )
         return
     if not is_dir:

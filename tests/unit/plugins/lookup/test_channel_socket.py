@@ -4,16 +4,20 @@ The lookup loaded by name in a real play is tested by
 tests/integration/test_xl_channel_playbook.py.
 """
 
+import os
+import pathlib
 from typing import Any
 
 import pytest
-from ansible_collections.xenchannel.provision.plugins.module_utils import xl_host
+from ansible_collections.xenchannel.provision.plugins.module_utils import domain_name
 from ansible_collections.xenchannel.provision.plugins.module_utils.channel_spec import (
     check_channels,
 )
 
 from tests.unit.plugins.filter._controller import controller_module
 from xenchannel.dom0 import store
+
+REPO = str(pathlib.Path(__file__).resolve().parents[4])
 
 channel_socket_module = controller_module(
     "ansible_collections.xenchannel.provision.plugins.lookup.channel_socket"
@@ -81,17 +85,25 @@ def test_run_one_path_per_term(channel_socket: Any, errors_module: Any, monkeypa
 def test_one_domain_name_rule_for_the_controller_the_modules_and_the_agent(
     channel_socket: Any,
 ) -> None:
-    """The lookup (and so the domain role) and the xl modules use module_utils/xl_host's
-    rule; the agent's store (runtime, which cannot import module_utils) must agree with it
-    on every class of input: each character, each position, each length."""
+    """The lookup (and so the domain role), the xl modules and the agent's store all ask
+    one file (module_utils/domain_name.py is a link to runtime/xenchannel/domain_name.py),
+    and agree on every class of input: each character, each position, each length."""
+    assert os.path.samefile(
+        domain_name.__file__, os.path.join(REPO, "runtime", "xenchannel", "domain_name.py")
+    )
     samples = ["", "a" * 63, "a" * 64, "a" * 65, "a..b", "a.b", "a.", "a-", "a_", "vm1\n"]
     for code in range(0x20, 0x7F):
         char = chr(code)
         samples += [char, "a" + char, char + "a", "a" + char + "b"]
     samples += ["é", "aé", "a\x00", "a\tb", "a\u2028"]
     for name in samples:
-        agent = store.valid_domain_name(name)
-        assert xl_host.valid_domain_name(name) == agent, repr(name)
+        agent = domain_name.valid_domain_name(name)
+        refused = pytest.raises(store.StoreError)
+        if agent:
+            store.check_domain_name(name)
+        else:
+            with refused:
+                store.check_domain_name(name)
         try:
             channel_socket.socket_path(name, "/run/xenchannel")
             looked_up = True

@@ -198,7 +198,7 @@ def test_wanted_settings_reports_every_problem() -> None:
         )
     text = " | ".join(info.value.problems)
     for sentence in [
-        "name '-bad' is not a valid domain name",
+        "domain name '-bad' is not valid; use 1 to 64 letters",
         "uuid 'x' is not a UUID",
         "memory 0 is not a positive integer",
         "both use vdev xvda",

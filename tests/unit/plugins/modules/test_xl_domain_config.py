@@ -214,7 +214,7 @@ def test_check_mode_and_diff(tmp_path: Any, template: str) -> None:
         ({"channels": [dict(AGENT, path="/tmp/x.sock")]}, "outside /run/xenchannel"),
         ({"settings": {"name": "x"}}, "settings.name is managed by the name option"),
         ({"settings": {"cpus": {"a": 1}}}, "has type dict"),
-        ({"name": "../etc"}, "is not a valid domain name"),
+        ({"name": "../etc"}, "domain name '../etc' is not valid; use 1 to 64"),
     ],
 )
 def test_bad_options_write_nothing(tmp_path: Any, options: Dict[str, Any], sentence: str) -> None:

@@ -1,0 +1,1 @@
+../../runtime/xenchannel/domain_name.py
