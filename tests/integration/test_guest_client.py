@@ -323,7 +323,9 @@ def test_hellos_are_resent_with_back_off_until_answered(rig: Rig) -> None:
 
 
 def test_knock_brings_a_prompt_hello_but_a_flood_is_rate_limited(rig: Rig) -> None:
-    client = rig.client(config(hello_interval=2.0, hello_max_interval=3.0, connect_timeout=5.0))
+    # A 6 s hello interval, so that a HELLO within 3 s of the KNOCK can only be its answer,
+    # however busy the machine.
+    client = rig.client(config(hello_interval=6.0, hello_max_interval=6.0, connect_timeout=12.0))
     flood: Dict[str, Any] = {}
 
     def script(host: Host) -> None:
@@ -331,7 +333,7 @@ def test_knock_brings_a_prompt_hello_but_a_flood_is_rate_limited(rig: Rig) -> No
         time.sleep(0.3)  # past the 0.2 s rate limit
         knocked = time.monotonic()
         host.knock("link-1")
-        host.expect(MessageType.HELLO, timeout=1.0)
+        host.expect(MessageType.HELLO, timeout=3.0)
         flood["prompt"] = time.monotonic() - knocked
 
         start = time.monotonic()
@@ -347,8 +349,10 @@ def test_knock_brings_a_prompt_hello_but_a_flood_is_rate_limited(rig: Rig) -> No
     rig.host.run(script)
     session = client.handshake()
     rig.host.join()
-    assert flood["prompt"] < 0.3  # well before the 2 s hello interval
-    assert 3 <= flood["hellos"] <= 6  # at most five a second, plus the boundary
+    assert flood["prompt"] < 3.0  # well before the 6 s hello interval
+    # At most five a second, plus the boundary; at least one (a slow machine may send
+    # fewer KNOCKs in the second than the client could answer).
+    assert 1 <= flood["hellos"] <= 6
     assert session.hellos == len(rig.host.received(MessageType.HELLO))
 
 
@@ -516,7 +520,9 @@ def test_a_host_that_stalls_forever_gives_up_after_retries(rig: Rig) -> None:
 def test_attempts_that_make_progress_are_not_counted_as_failures(rig: Rig) -> None:
     # retries=0, yet a host that stalls after every chunk still delivers the bundle:
     # each attempt moves the transfer forward, and transfer_timeout bounds them all.
-    cfg = config(idle_timeout=0.12, retries=0, transfer_timeout=5.0)
+    # idle_timeout is what each attempt waits for the host's next chunk: long enough for a
+    # busy machine to run the host's script, short against transfer_timeout.
+    cfg = config(idle_timeout=0.6, retries=0, transfer_timeout=20.0)
     client = rig.client(cfg)
 
     def script(host: Host) -> None:
@@ -797,6 +803,6 @@ def test_serve_queries_answers_under_the_same_request_id(rig: Rig) -> None:
 
 def test_serve_queries_stops_when_asked(rig: Rig) -> None:
     client = rig.client()
-    answered, elapsed = timed(client.serve_queries, lambda keys: {}, 5.0, lambda: True)
+    answered, elapsed = timed(client.serve_queries, lambda keys: {}, 30.0, lambda: True)
     assert answered == 0
-    assert elapsed < 0.1
+    assert elapsed < 5.0  # at once, not after the 30 s
