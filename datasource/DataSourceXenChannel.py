@@ -27,7 +27,7 @@ from cloudinit import sources
 
 from xenchannel.channel_name import DEFAULT_CHANNEL_NAME, channel_name_problem
 from xenchannel.guest import ClientConfig, GuestClient, wait_for_path
-from xenchannel.protocol import ChannelError
+from xenchannel.protocol import ChannelError, static_addresses
 
 LOG = logging.getLogger(__name__)
 
@@ -320,13 +320,16 @@ def record_path(cloud_dir):
     return os.path.join(cloud_dir, "data", RECORD_NAME)
 
 
-def write_record(path, instance_id, channel, uuid):
-    """Record what dom0 gave (root-only) so a reboot can be checked without dom0."""
+def write_record(path, instance_id, channel, uuid, addresses=()):
+    """Record what dom0 gave (root-only) so a reboot can be checked without dom0, and
+    the network-config's static ``addresses`` xenchannel-report-status waits for."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    record = {"instance-id": instance_id, "channel": channel, "platform-uuid": uuid}
+    record["static-addresses"] = list(addresses)
     with os.fdopen(fd, "w") as handle:
-        json.dump({"instance-id": instance_id, "channel": channel, "platform-uuid": uuid}, handle)
+        json.dump(record, handle)
     os.rename(tmp, path)
 
 
@@ -429,6 +432,7 @@ class DataSourceXenChannel(sources.DataSource):
                 bundle.instance_id,
                 path,
                 platform_uuid(self._settings["root"]),
+                static_addresses(bundle.network_config),
             )
         except OSError as exc:
             LOG.warning("XenChannel: could not record the instance-id: %s", exc)

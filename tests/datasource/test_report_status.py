@@ -2,14 +2,17 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
-from typing import Iterator, Tuple
+from typing import Any, Iterator, Sequence, Tuple
 
 import pytest
 
-from testbed.stack import Stack, delivered, runtime_env
+from testbed.recording_host import RecordingHost
+from testbed.stack import Stack, delivered, runtime_env, sample_bundle
+from tests.guest_root import write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "datasource", "xenchannel-report-status")
@@ -24,20 +27,26 @@ def stack() -> Iterator[Stack]:
         s.close()
 
 
-def guest_root(tmp_path, link: str, v1: dict) -> str:
+def guest_root(
+    tmp_path, link: str, v1: dict, status: Any = None, addresses: Sequence[str] = ()
+) -> str:
     root = str(tmp_path)
     os.makedirs(os.path.join(root, "run/cloud-init"))
     os.makedirs(os.path.join(root, "var/lib/cloud/data"))
     with open(os.path.join(root, "run/cloud-init/result.json"), "w") as f:
         json.dump({"v1": v1}, f)
+    if status is not None:
+        write(os.path.join(root, "run/cloud-init/status.json"), json.dumps(status))
+    record = {"instance-id": "iid-vm1", "channel": link, "platform-uuid": None}
+    record["static-addresses"] = list(addresses)
     with open(os.path.join(root, "var/lib/cloud/data/xenchannel.json"), "w") as f:
-        json.dump({"instance-id": "iid-vm1", "channel": link, "platform-uuid": None}, f)
+        json.dump(record, f)
     return root
 
 
-def run(root: str, *extra: str) -> Tuple[int, str]:
+def run(root: str, *extra: str, prefix: Sequence[str] = ()) -> Tuple[int, str]:
     result = subprocess.run(  # noqa: PLW1510 - the return code is asserted
-        [sys.executable, SCRIPT, "--root", root, "--timeout", "3", *extra],
+        [*prefix, sys.executable, SCRIPT, "--root", root, "--timeout", "3", *extra],
         env=runtime_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -110,3 +119,103 @@ def test_help_does_not_show_the_test_only_root() -> None:
     assert result.returncode == 0, result.stderr
     assert "--device" in result.stdout and "--timeout" in result.stdout, result.stdout
     assert "--root" not in result.stdout, result.stdout
+
+
+# ---------------------------------------------------------------- the report dom0 gets
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEIdFCfqlznO98dpr+EHwLcE6nJGWY+PMvU+slK45pQB"
+PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nSECRET\n"
+XENCHANNEL = "DataSourceXenChannel [xen-channel (/dev/xen-channel/org.xenchannel.provision.0)]"
+
+
+@pytest.fixture
+def host(stack: Stack) -> Iterator[Tuple[str, RecordingHost]]:
+    """A domain whose dom0 side is a RecordingHost, after the datasource's fetch."""
+    bundle = sample_bundle("vm1")
+    domain = stack.add_domain("vm1", bundle)
+    recorder = RecordingHost(domain.socket, bundle)
+    try:
+        stack.fetch("vm1")
+        yield domain.link, recorder
+    finally:
+        recorder.close()
+
+
+def with_guest_facts(root: str, interface: str = "eth0") -> str:
+    write(f"{root}/etc/ssh/ssh_host_ed25519_key.pub", ED25519 + " root@template\n")
+    write(f"{root}/etc/ssh/ssh_host_ed25519_key", PRIVATE, 0o600)
+    write(f"{root}/sys/class/net/{interface}/type", "1\n")
+    write(f"{root}/sys/class/net/{interface}/address", "00:16:3e:00:00:01\n")
+    return root
+
+
+def test_the_report_says_degraded_with_the_recoverable_errors(host, tmp_path) -> None:
+    link, recorder = host
+    v1 = {"datasource": XENCHANNEL, "errors": [], "recoverable_errors": {"WARNING": ["w1"]}}
+    status = {
+        "v1": {
+            "datasource": "xenchannel",
+            "init": {"errors": [], "recoverable_errors": {"WARNING": ["w1"]}},
+            "modules-final": {"errors": [], "recoverable_errors": {"DEPRECATED": ["d1"]}},
+            "stage": None,
+        }
+    }
+    root = with_guest_facts(guest_root(tmp_path, link, v1, status))
+    rc, out = run(root)
+    assert rc == 0, out
+    got = recorder.wait_status()
+    assert (got.state, got.instance_id) == ("applied", "iid-vm1")
+    body = got.report.body()
+    assert body["cloud_init"] == "degraded"
+    assert body["recoverable_errors"] == ["WARNING: w1", "DEPRECATED: d1"]
+    assert "errors" not in body
+    assert body["host_keys"] == [ED25519]
+    assert body["interfaces"][0]["name"] == "eth0"
+    assert body["interfaces"][0]["mac"] == "00:16:3e:00:00:01"
+    assert body["hostname"] == socket.gethostname()  # the running one, not the tree's
+    assert "SECRET" not in json.dumps(body)
+
+
+def test_the_report_says_error_and_the_state_is_failed(host, tmp_path) -> None:
+    link, recorder = host
+    v1 = {"datasource": XENCHANNEL, "errors": ["module foo failed"]}
+    rc, out = run(guest_root(tmp_path, link, v1))
+    assert rc == 0, out
+    got = recorder.wait_status()
+    assert got.state == "failed" and got.reason == "cloud-init: module foo failed"
+    assert got.report.cloud_init == "error" and got.report.errors == ["module foo failed"]
+
+
+def test_an_old_result_json_without_status_json_says_done(host, tmp_path) -> None:
+    link, recorder = host
+    rc, out = run(guest_root(tmp_path, link, {"datasource": XENCHANNEL, "errors": []}))
+    assert rc == 0, out
+    got = recorder.wait_status()
+    assert got.state == "applied" and got.report.cloud_init == "done"
+    assert got.report.errors == [] and got.report.recoverable_errors == []
+
+
+@pytest.mark.root
+def test_waits_for_the_static_addresses_then_reports_them(host, tmp_path) -> None:
+    """In a network namespace: the bundle's address comes up a second after the script
+    starts; the script waits for it and the report shows it; one that never comes up
+    costs at most --address-wait and is reported without."""
+    link, recorder = host
+    v1 = {"datasource": XENCHANNEL, "errors": []}
+    addresses = ["192.0.2.10", "2001:db8::10", "192.0.2.99"]
+    root = with_guest_facts(guest_root(tmp_path, link, v1, addresses=addresses), "veth0")
+    setup = (
+        "set -e; ip link add veth0 type veth peer name veth1; ip link set veth0 up; "
+        "ip link set veth1 up; ip addr add 2001:db8::10/64 dev veth0 nodad; "
+        '(sleep 1; ip addr add 192.0.2.10/24 dev veth0) & exec "$@"'
+    )
+    start = time.monotonic()
+    rc, out = run(
+        root, "--address-wait", "3", prefix=["unshare", "--net", "--", "sh", "-c", setup, "sh"]
+    )
+    assert rc == 0, out
+    assert "not up after 3 s: 192.0.2.99; reporting anyway" in out, out
+    assert time.monotonic() - start < 30
+    veth0 = recorder.wait_status().report.interfaces[0]
+    assert veth0.name == "veth0"
+    assert {"192.0.2.10/24", "2001:db8::10/64"} <= set(veth0.addresses), veth0.addresses

@@ -259,7 +259,13 @@ def _bundle(name, user_data, network_config, vendor_data=None, **extra_md):
 def test_get_data_over_a_live_stack_v2(guest, stack):
     user_data = gzip.compress(b"#cloud-config\nhostname: vm1\n")
     vendor_data = b'Content-Type: multipart/mixed; boundary="b"\n\n--b--\n'
-    network = {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}}
+    network = {
+        "version": 2,
+        "ethernets": {
+            "eth0": {"dhcp4": True},
+            "eth1": {"addresses": ["192.0.2.10/24", "2001:db8::10/64"]},
+        },
+    }
     bundle = _bundle(
         "vm1",
         user_data,
@@ -302,6 +308,8 @@ def test_get_data_over_a_live_stack_v2(guest, stack):
     record = dsmod.read_record(dsmod.record_path(guest.paths.cloud_dir))
     assert record["instance-id"] == "iid-vm1"
     assert record["platform-uuid"] == "11111111-2222-3333-4444-555555555555"
+    # What xenchannel-report-status waits for before it reports.
+    assert record["static-addresses"] == ["192.0.2.10", "2001:db8::10"]
 
 
 def test_get_data_network_v1_and_no_vendor_data(guest, stack):
