@@ -11,6 +11,8 @@ from typing import Any
 
 ALICE = (1000, 1000)
 USER_KEY = "ssh-ed25519 AAAAC3NzaUSERKEY alice@laptop"
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEIdFCfqlznO98dpr+EHwLcE6nJGWY+PMvU+slK45pQB"
+HOST_PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nTEMPLATE-HOST-SECRET\n"
 
 TEMPLATE_HOSTS = (
     "127.0.0.1\tlocalhost\n"
@@ -197,8 +199,12 @@ def make_root(
         if owners:
             os.chown(f"{root}/home/alice/.ssh", *ALICE)
             os.chown(f"{root}/home/alice/.ssh/authorized_keys", *ALICE)
-    write(f"{root}/sys/class/net/eth0/address", "52:54:00:00:00:01\n")
-    write(f"{root}/sys/class/net/ens5/address", "52:54:00:12:34:56\n")
+    for name, mac in (("eth0", "52:54:00:00:00:01"), ("ens5", "52:54:00:12:34:56")):
+        write(f"{root}/sys/class/net/{name}/address", mac + "\n")
+        write(f"{root}/sys/class/net/{name}/type", "1\n")  # ARPHRD_ETHER
+    # Host keys as sshd writes them, the private one beside: only .pub may be reported.
+    write(f"{root}/etc/ssh/ssh_host_ed25519_key.pub", HOST_KEY + " root@template\n")
+    write(f"{root}/etc/ssh/ssh_host_ed25519_key", HOST_PRIVATE_KEY, 0o600)
     if stack_kind == "networkd":
         os.makedirs(f"{root}/etc/systemd/network")
         wants = f"{root}/etc/systemd/system/multi-user.target.wants"

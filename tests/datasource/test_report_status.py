@@ -12,6 +12,8 @@ import pytest
 
 from testbed.recording_host import RecordingHost
 from testbed.stack import Stack, delivered, runtime_env, sample_bundle
+from tests.guest_root import HOST_KEY as ED25519
+from tests.guest_root import HOST_PRIVATE_KEY as PRIVATE
 from tests.guest_root import write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -123,8 +125,6 @@ def test_help_does_not_show_the_test_only_root() -> None:
 
 # ---------------------------------------------------------------- the report dom0 gets
 
-ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEIdFCfqlznO98dpr+EHwLcE6nJGWY+PMvU+slK45pQB"
-PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nSECRET\n"
 XENCHANNEL = "DataSourceXenChannel [xen-channel (/dev/xen-channel/org.xenchannel.provision.0)]"
 
 
@@ -214,7 +214,7 @@ def test_waits_for_the_static_addresses_then_reports_them(host, tmp_path) -> Non
         root, "--address-wait", "3", prefix=["unshare", "--net", "--", "sh", "-c", setup, "sh"]
     )
     assert rc == 0, out
-    assert "not up after 3 s: 192.0.2.99; reporting anyway" in out, out
+    assert "network: not up after 3 s: 192.0.2.99; reporting anyway" in out, out
     assert time.monotonic() - start < 30
     veth0 = recorder.wait_status().report.interfaces[0]
     assert veth0.name == "veth0"

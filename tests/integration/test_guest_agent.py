@@ -26,10 +26,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
+from testbed.recording_host import RecordingHost
 from testbed.simulator import SimulatorOptions
 from testbed.stack import Stack, runtime_env
 from tests.guest_root import (
     ALICE,
+    HOST_KEY,
     IFUPDOWN_V1,
     IFUPDOWN_V2,
     NETWORKD_ETH0,
@@ -587,17 +589,28 @@ def test_beside_cloud_init_applies_nothing_and_serves_queries(stack: Stack, tmp_
         '#!/bin/sh\necho \'{"status": "done", "errors": []}\'\n',
         0o755,
     )
-    write(f"{root}/run/cloud-init/result.json", "{}\n")
+    result = {"v1": {"errors": [], "recoverable_errors": {"WARNING": ["no route"]}}}
+    write(f"{root}/run/cloud-init/result.json", json.dumps(result))
     write(f"{root}/var/lib/cloud/data/instance-id", "iid-cloud\n")
     before = mtimes(root)
     agent = Serving(stack, "ga-cloud", root)
     try:
         agent.wait_log("queries: answering")
-        reply = query(stack, "ga-cloud", "cloud-init,instance-id,version")
+        reply = query(stack, "ga-cloud", "cloud-init,instance-id,version,report")
     finally:
         log = agent.stop()
     assert reply["cloud-init"] == {"status": "done", "errors": []}
     assert reply["instance-id"] == "iid-cloud"
+    report = reply["report"]
+    assert report["cloud_init"] == "degraded"
+    assert report["recoverable_errors"] == ["WARNING: no route"]
+    assert report["hostname"] == MACHINE_HOSTNAME  # the sandbox's, as the agent sees it
+    assert report["host_keys"] == [HOST_KEY]
+    assert [(i["name"], i["mac"]) for i in report["interfaces"]] == [
+        ("ens5", "52:54:00:12:34:56"),
+        ("eth0", "52:54:00:00:00:01"),
+    ]
+    assert "SECRET" not in json.dumps(reply)
     assert "cloud-init is installed and enabled" in log
     assert mtimes(root) == before
     state = stack.state_of("ga-cloud")
@@ -637,6 +650,61 @@ def test_beside_cloud_init_waits_for_report_status_before_taking_the_device(
     finally:
         agent.stop()
     status_of(stack, "ga-report", "applied")
+
+
+# ---------------------------------------------------------------- the report dom0 gets
+
+# The sandbox's network: "eth0" as in the root's sysfs, V2_STATIC's IPv6 address up at
+# once, its IPv4 address a second later, while the agent waits.
+NETWORK_SETUP = (
+    "set -e; hostname template-live; ip link set lo up; "
+    "ip link add eth0 type veth peer name peer0; ip link set eth0 up; ip link set peer0 up; "
+    "ip addr add 2001:db8::10/64 dev eth0 nodad; "
+    '(sleep 1; ip addr add 192.0.2.10/24 dev eth0) & exec "$@"'
+)
+
+
+@pytest.mark.parametrize("cloud_init", ["absent", "disabled"])
+def test_applied_is_reported_with_the_report_once_the_addresses_are_up(
+    tmp_path: Any, cloud_init: str
+) -> None:
+    """What arrives at dom0's side: STATUS applied, after the bundle's static addresses
+    came up, with hostname, interfaces, host public keys (no private key) and cloud-init's
+    part: none when it is not installed, disabled when it is but is switched off."""
+    root = make_root(tmp_path)
+    if cloud_init == "disabled":
+        write(f"{root}/usr/bin/cloud-init", "#!/bin/sh\n", 0o755)
+        write(f"{root}/etc/cloud/cloud-init.disabled", "")
+    own = Stack()
+    try:
+        the_bundle = bundle("iid-report")
+        domain = own.add_domain("ga-report", the_bundle)
+        host = RecordingHost(domain.socket, the_bundle)
+        try:
+            argv = agent_argv(domain.link, root, "--once", "--address-wait", "20")
+            done = subprocess.run(
+                ["unshare", "--mount", "--uts", "--net", "--ipc", "--pid", "--fork",
+                 "--kill-child", "--", "sh", "-c", NETWORK_SETUP, "sh", *argv],
+                capture_output=True, text=True, timeout=60, env=runtime_env(), check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            status = host.wait_status()
+        finally:
+            host.close()
+    finally:
+        own.close()
+    assert "network: every static address is up" in done.stderr
+    assert (status.state, status.instance_id) == ("applied", "iid-report")
+    report = status.report
+    assert report is not None
+    assert report.hostname == "web1"  # set by the agent, read back live
+    assert report.host_keys == [HOST_KEY]
+    assert report.cloud_init == (None if cloud_init == "absent" else "disabled")
+    by_name = {i.name: i for i in report.interfaces}
+    assert sorted(by_name) == ["ens5", "eth0"]
+    assert by_name["eth0"].mac == "52:54:00:00:00:01"
+    assert {"192.0.2.10/24", "2001:db8::10/64"} <= set(by_name["eth0"].addresses)
+    assert "SECRET" not in json.dumps(report.body())
 
 
 # ---------------------------------------------------------------- deployment shapes

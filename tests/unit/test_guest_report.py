@@ -16,12 +16,11 @@ from typing import Any, Dict, List
 import pytest
 
 from testbed.stack import runtime_env
+from tests.guest_root import HOST_KEY as ED25519
+from tests.guest_root import HOST_PRIVATE_KEY as PRIVATE
 from tests.guest_root import write
 from xenchannel.guest import report
 from xenchannel.session import Report
-
-ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEIdFCfqlznO98dpr+EHwLcE6nJGWY+PMvU+slK45pQB"
-PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-SECRET\n"
 
 
 def public_key(kind: str, body: bytes = b"\x01" * 32) -> str:

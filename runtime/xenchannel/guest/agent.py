@@ -10,7 +10,10 @@ bundle, and if its instance-id is not the one recorded in ``<state-dir>/applied.
 apply every step as one transaction (a failure rolls back what this run changed and
 records nothing), record, signal readiness to systemd, run the user script, report
 ``applied`` or ``failed`` to dom0, then answer queries until stopped.  The same
-instance-id applies nothing and reports ``applied`` ("already applied").
+instance-id applies nothing and reports ``applied`` ("already applied").  Before
+reporting ``applied`` on a live root it waits (bounded, ``--address-wait``) for the
+bundle's static addresses; every STATUS carries a report of what the clone is
+(``report.py``), which the ``report`` query answers too.
 
 Every path read or written is inside ``--root`` (default ``/``), except the channel
 device, /proc and the hostname syscall.  One log line per step; never key material or
@@ -35,9 +38,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from xenchannel import __version__
 from xenchannel.channel_name import channel_name_problem
-from xenchannel.protocol import Bundle, ChannelError
+from xenchannel.protocol import Bundle, ChannelError, static_addresses
+from xenchannel.session import Report
 
 from . import REPORT_STATUS_DONE, REPORT_STATUS_PROGRAM
+from . import report as facts
 from .apply import ApplyError, Step, commit, under, write_file
 from .apply import hostname as hostname_step
 from .apply import keys as keys_step
@@ -60,7 +65,16 @@ CLOUD_INIT_RESULT = "/run/cloud-init/result.json"  # written when cloud-final is
 CLOUD_INIT_INSTANCE = "/var/lib/cloud/data/instance-id"
 # Under dom0's default 5 s query timeout, so the reply still arrives in time.
 CLOUD_INIT_STATUS_TIMEOUT = 4.0
-QUERY_KEYS = ("version", "instance-id", "uptime", "hostname", "cloud-init", "applied-at", "status")
+QUERY_KEYS = (
+    "version",
+    "instance-id",
+    "uptime",
+    "hostname",
+    "cloud-init",
+    "applied-at",
+    "status",
+    "report",
+)
 FOREVER = 10.0 * 365 * 24 * 3600
 
 
@@ -177,6 +191,7 @@ class Agent:
         self.record: Optional[Dict[str, Any]] = self._load_record()
         self.status: Optional[Dict[str, Any]] = None  # this boot's outcome
         self.beside_cloud_init = False
+        self.wanted_addresses: List[str] = []  # the bundle's static ones
 
     # ------------------------------------------------------------------ the run
 
@@ -268,6 +283,7 @@ class Agent:
 
     def _apply_and_report(self, client: GuestClient, bundle: Bundle) -> bool:
         instance_id = bundle.instance_id or ""
+        self.wanted_addresses = static_addresses(bundle.network_config)
         digest = bundle.digest()
         record = self.record
         if record is not None and record.get("instance-id") == instance_id:
@@ -418,11 +434,28 @@ class Agent:
     def _finish(self, client: GuestClient, state: str, reason: str, instance_id: str) -> bool:
         sd_notify(f"READY=1\nSTATUS={state} instance {instance_id}")
         self.status = {"state": state, "reason": reason or None}
-        if client.report_status(state, reason or None, instance_id):
+        if state == "applied":
+            # After READY=1, so the network stack is starting meanwhile.
+            self._wait_for_addresses()
+        if client.report_status(state, reason or None, instance_id, self.report()):
             LOG.info("status: %s reported to dom0", state)
         else:
             LOG.warning("status: dom0 did not acknowledge %s", state)
         return state == "applied"
+
+    def _wait_for_addresses(self) -> None:
+        with self.stopper.interruptible():
+            facts.wait_and_log(self.wanted_addresses, self.args.address_wait)
+
+    def report(self) -> Report:
+        """What the clone is now (``report.collect``), with cloud-init's result: from
+        its files beside cloud-init, ``disabled`` when installed but off, else none."""
+        cloud_init: Any = (None, [], [])
+        if self.beside_cloud_init:
+            cloud_init = facts.read_cloud_init_result(self.root) or cloud_init
+        elif os.path.exists(under(self.root, CLOUD_INIT)):
+            cloud_init = ("disabled", [], [])
+        return facts.collect(self.root, *cloud_init, live=self.live_hostname)
 
     # ------------------------------------------------------------------ record
 
@@ -506,6 +539,8 @@ class Agent:
                 answers[key] = record.get("applied-at")
             elif key == "status":
                 answers[key] = self.status
+            elif key == "report":
+                answers[key] = self.report().body()
             else:
                 answers[key] = None
         return answers
@@ -583,6 +618,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--script-timeout", type=_seconds, default=600.0, metavar="S", help="(600)")
     parser.add_argument(
+        "--address-wait",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="before reporting 'applied', wait this long for the network-config's static "
+        "addresses to be up (default: 10 with --root /, else 0)",
+    )
+    parser.add_argument(
         "--cloud-init-wait",
         type=_seconds,
         default=900.0,
@@ -605,6 +648,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.once:
         args.serve = 0.0
+    if args.address_wait is None:
+        # Another --root is an image or a test tree: its network is not the running one.
+        args.address_wait = 10.0 if os.path.realpath(args.root) == "/" else 0.0
     if args.serve_user is None:
         # Tests use another --root inside a sandbox whose files nobody cannot read.
         args.serve_user = "nobody" if os.path.realpath(args.root) == "/" else ""

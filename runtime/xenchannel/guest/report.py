@@ -431,3 +431,17 @@ def wait_for_addresses(
         if not missing or remaining <= 0:
             return missing
         time.sleep(min(interval, remaining))
+
+
+def wait_and_log(wanted: Sequence[str], timeout: float) -> List[str]:
+    """``wait_for_addresses`` with the log lines of both reporters; nothing to wait for
+    (no static address, no time) returns at once."""
+    if not wanted or timeout <= 0:
+        return []
+    LOG.info("network: waiting up to %g s for %s", timeout, ", ".join(wanted))
+    missing = wait_for_addresses(wanted, timeout)
+    if missing:
+        LOG.warning("network: not up after %g s: %s; reporting anyway", timeout, ", ".join(missing))
+    else:
+        LOG.info("network: every static address is up")
+    return missing
