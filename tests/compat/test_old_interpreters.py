@@ -15,6 +15,7 @@ import glob
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -163,6 +164,10 @@ def test_guest_side_runs_on(python, installed, stack):
     result = json.loads(out.stdout)
     assert result["sha256"] == bundle.digest()
     assert result["status_acked"] is True
+    # report.py ran for real on this interpreter: this machine's hostname and interfaces.
+    assert result["report"]["hostname"] == socket.gethostname()
+    assert result["report"]["cloud_init"] == "done"
+    assert isinstance(result["report"]["interfaces"], list)
     state = stack.wait_state(name, lambda s: s.get("status", {}).get("state") == "applied")
     assert delivered(state)
 
