@@ -67,7 +67,7 @@ class RecordingHost:
     def _run(self) -> None:
         decoder = FrameDecoder()
         while not self._stop:
-            readable, _, _ = select.select([self._sock], [], [], 0.1)
+            readable = select.select([self._sock], [], [], 0.1)[0]
             if not readable:
                 continue
             data = self._sock.recv(65536)
