@@ -6,11 +6,10 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Iterator, Sequence, Tuple
+from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import pytest
 
-from testbed.recording_host import RecordingHost
 from testbed.stack import Stack, delivered, runtime_env, sample_bundle
 from tests.guest_root import HOST_KEY as ED25519
 from tests.guest_root import HOST_PRIVATE_KEY as PRIVATE
@@ -128,17 +127,24 @@ def test_help_does_not_show_the_test_only_root() -> None:
 XENCHANNEL = "DataSourceXenChannel [xen-channel (/dev/xen-channel/org.xenchannel.provision.0)]"
 
 
+class Recorded:
+    """What the real dom0 agent recorded of vm1's last STATUS and its report."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def wait_status(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        state = self.stack.wait_state("vm1", lambda s: bool(s.get("status")), timeout=30)
+        return state["status"], state.get("report") or {}
+
+
 @pytest.fixture
-def host(stack: Stack) -> Iterator[Tuple[str, RecordingHost]]:
-    """A domain whose dom0 side is a RecordingHost, after the datasource's fetch."""
-    bundle = sample_bundle("vm1")
-    domain = stack.add_domain("vm1", bundle)
-    recorder = RecordingHost(domain.socket, bundle)
-    try:
-        stack.fetch("vm1")
-        yield domain.link, recorder
-    finally:
-        recorder.close()
+def host(stack: Stack) -> Iterator[Tuple[str, Recorded]]:
+    """A domain served by the real dom0 agent, after the datasource's fetch."""
+    domain = stack.add_domain("vm1", sample_bundle("vm1"))
+    stack.start_agent()
+    stack.fetch("vm1")
+    yield domain.link, Recorded(stack)
 
 
 def with_guest_facts(root: str, interface: str = "eth0") -> str:
@@ -163,9 +169,8 @@ def test_the_report_says_degraded_with_the_recoverable_errors(host, tmp_path) ->
     root = with_guest_facts(guest_root(tmp_path, link, v1, status))
     rc, out = run(root)
     assert rc == 0, out
-    got = recorder.wait_status()
-    assert (got.state, got.instance_id) == ("applied", "iid-vm1")
-    body = got.report.body()
+    status, body = recorder.wait_status()
+    assert (status["state"], status["instance_id"]) == ("applied", "iid-vm1")
     assert body["cloud_init"] == "degraded"
     assert body["recoverable_errors"] == ["WARNING: w1", "DEPRECATED: d1"]
     assert "errors" not in body
@@ -181,18 +186,18 @@ def test_the_report_says_error_and_the_state_is_failed(host, tmp_path) -> None:
     v1 = {"datasource": XENCHANNEL, "errors": ["module foo failed"]}
     rc, out = run(guest_root(tmp_path, link, v1))
     assert rc == 0, out
-    got = recorder.wait_status()
-    assert got.state == "failed" and got.reason == "cloud-init: module foo failed"
-    assert got.report.cloud_init == "error" and got.report.errors == ["module foo failed"]
+    status, report = recorder.wait_status()
+    assert status["state"] == "failed" and status["reason"] == "cloud-init: module foo failed"
+    assert report["cloud_init"] == "error" and report["errors"] == ["module foo failed"]
 
 
 def test_an_old_result_json_without_status_json_says_done(host, tmp_path) -> None:
     link, recorder = host
     rc, out = run(guest_root(tmp_path, link, {"datasource": XENCHANNEL, "errors": []}))
     assert rc == 0, out
-    got = recorder.wait_status()
-    assert got.state == "applied" and got.report.cloud_init == "done"
-    assert got.report.errors == [] and got.report.recoverable_errors == []
+    status, report = recorder.wait_status()
+    assert status["state"] == "applied" and report["cloud_init"] == "done"
+    assert "errors" not in report and "recoverable_errors" not in report
 
 
 @pytest.mark.root
@@ -216,6 +221,6 @@ def test_waits_for_the_static_addresses_then_reports_them(host, tmp_path) -> Non
     assert rc == 0, out
     assert "network: not up after 3 s: 192.0.2.99; reporting anyway" in out, out
     assert time.monotonic() - start < 30
-    veth0 = recorder.wait_status().report.interfaces[0]
-    assert veth0.name == "veth0"
-    assert {"192.0.2.10/24", "2001:db8::10/64"} <= set(veth0.addresses), veth0.addresses
+    veth0 = recorder.wait_status()[1]["interfaces"][0]
+    assert veth0["name"] == "veth0"
+    assert {"192.0.2.10/24", "2001:db8::10/64"} <= set(veth0["addresses"]), veth0

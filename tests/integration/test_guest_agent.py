@@ -26,7 +26,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from testbed.recording_host import RecordingHost
 from testbed.simulator import SimulatorOptions
 from testbed.stack import Stack, runtime_env
 from tests.guest_root import (
@@ -44,6 +43,7 @@ from tests.guest_root import (
     make_root,
     write,
 )
+from xenchannel.dom0.state import readiness
 from xenchannel.dom0.store import write_domain
 from xenchannel.guest.apply import keys as keys_step
 from xenchannel.protocol import Bundle
@@ -677,34 +677,32 @@ def test_applied_is_reported_with_the_report_once_the_addresses_are_up(
         write(f"{root}/etc/cloud/cloud-init.disabled", "")
     own = Stack()
     try:
-        the_bundle = bundle("iid-report")
-        domain = own.add_domain("ga-report", the_bundle)
-        host = RecordingHost(domain.socket, the_bundle)
-        try:
-            argv = agent_argv(domain.link, root, "--once", "--address-wait", "20")
-            done = subprocess.run(
-                ["unshare", "--mount", "--uts", "--net", "--ipc", "--pid", "--fork",
-                 "--kill-child", "--", "sh", "-c", NETWORK_SETUP, "sh", *argv],
-                capture_output=True, text=True, timeout=60, env=runtime_env(), check=False,
-            )  # fmt: skip
-            assert done.returncode == 0, done.stderr
-            status = host.wait_status()
-        finally:
-            host.close()
+        domain = own.add_domain("ga-report", bundle("iid-report"))
+        own.start_agent()
+        argv = agent_argv(domain.link, root, "--once", "--address-wait", "20")
+        done = subprocess.run(
+            ["unshare", "--mount", "--uts", "--net", "--ipc", "--pid", "--fork",
+             "--kill-child", "--", "sh", "-c", NETWORK_SETUP, "sh", *argv],
+            capture_output=True, text=True, timeout=60, env=runtime_env(), check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        # As the real dom0 agent recorded it, and judged it against the bundle it served.
+        state = own.wait_state("ga-report", lambda s: bool(s.get("report")), timeout=30)
     finally:
         own.close()
     assert "network: every static address is up" in done.stderr
-    assert (status.state, status.instance_id) == ("applied", "iid-report")
-    report = status.report
-    assert report is not None
-    assert report.hostname == "web1"  # set by the agent, read back live
-    assert report.host_keys == [HOST_KEY]
-    assert report.cloud_init == (None if cloud_init == "absent" else "disabled")
-    by_name = {i.name: i for i in report.interfaces}
+    status, report = state["status"], state["report"]
+    assert (status["state"], status["instance_id"]) == ("applied", "iid-report")
+    assert report["hostname"] == "web1"  # set by the agent, read back live
+    assert report["host_keys"] == [HOST_KEY]
+    assert report.get("cloud_init") == (None if cloud_init == "absent" else "disabled")
+    by_name = {i["name"]: i for i in report["interfaces"]}
     assert sorted(by_name) == ["ens5", "eth0"]
-    assert by_name["eth0"].mac == "52:54:00:00:00:01"
-    assert {"192.0.2.10/24", "2001:db8::10/64"} <= set(by_name["eth0"].addresses)
-    assert "SECRET" not in json.dumps(report.body())
+    assert by_name["eth0"]["mac"] == "52:54:00:00:00:01"
+    assert {"192.0.2.10/24", "2001:db8::10/64"} <= set(by_name["eth0"]["addresses"])
+    assert report["missing"] == []
+    assert readiness(state) == ("yes", "ready")
+    assert "SECRET" not in json.dumps(state)
 
 
 # ---------------------------------------------------------------- deployment shapes
