@@ -17,9 +17,11 @@ installed does not change what the demo does, and nothing on the machine itself 
    Unix socket at the path the domain role allocated, bridged to a real pty); the link
    udev would make is made by hand;
 4. the clone's first boot: a layer over the template, where Debian's cloud-init runs its
-   stages with the XenChannel datasource, then reports its result to dom0;
-5. dom0 waits for ``applied`` with ``xenchannel.provision.channel_status``;
-6. what the guest ended up with, and the agent's status table.
+   stages with the XenChannel datasource (and the template's own systemd-networkd brings
+   up the address it rendered), then reports its result and what it is to dom0;
+5. dom0 waits for ``ready`` with ``xenchannel.provision.channel_status``: applied, with
+   the static address up, and the clone's SSH host keys reported;
+6. what the guest ended up with, and the agent's status for it.
 """
 
 import argparse
@@ -38,6 +40,7 @@ from testbed import ansible_run
 from testbed.host_sandbox import Result, RootSandbox, Running
 from testbed.rootfs import BuildError
 from testbed.simulator import SimulatorOptions, SimulatorThread
+from xenchannel.protocol import static_addresses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVENTORY = os.path.join(REPO, "demo", "inventory.yml")
@@ -50,6 +53,36 @@ CLEAN_ENV = {
     "LANG": "C.UTF-8",
     "HOME": "/root",
 }
+# What systemd-networkd does on a booted clone once cloud-init's local stage has rendered
+# the network config: configure the clone's NIC.  The template's own networkd, run for
+# real in a mount namespace of its own with /sys read-only (which is how networkd knows
+# that no udev will announce devices, as in a container); until the addresses given as
+# arguments are up, at most 10 s.  They stay when it exits.
+NETWORKD = r"""
+set -e
+mkdir -p /run/systemd/netif
+chown systemd-network:systemd-network /run/systemd/netif
+exec unshare --mount sh -c '
+mount -o remount,bind,ro /sys
+/lib/systemd/systemd-networkd & pid=$!
+i=0
+while :; do
+    up=yes
+    for address in "$@"; do ip -o addr show | grep -q " $address/" || up=no; done
+    [ $up = yes ] || [ $i -ge 40 ] && break
+    sleep 0.25
+    i=$((i + 1))
+done
+kill $pid
+wait $pid || true
+[ $up = yes ]' sh "$@"
+"""
+VIF = """
+set -e
+ip netns add xc-backend
+ip link add eth0 address "$1" type veth peer name vif1.0 netns xc-backend
+ip -n xc-backend link set vif1.0 up
+"""
 # Device nodes a guest boot needs; /dev itself is the demo's own directory, so the
 # channel link can be made without touching this machine's /dev.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
@@ -211,35 +244,33 @@ def boot_clone(progress: Progress, template: str, work: str, dev: str, mac: str)
     )
     guest = box.start(["sleep", "600"], env=CLEAN_ENV, timeout=600)
     # The clone's NIC, with the MAC its xl config gives it: cloud-init waits for the
-    # devices its network-config names.  One end of a veth pair, in the sandbox's own
-    # network namespace (whose links the root's /sys/class/net shows).
+    # devices its network-config names.  One end of a veth pair in the sandbox's own
+    # network namespace (whose links the root's /sys/class/net shows); the other end in a
+    # namespace of its own, where dom0's vif backend would be, and up, so that the NIC
+    # has a carrier as a vif has once the backend attaches it.
     checked(
-        guest.run(
-            [
-                "ip",
-                "link",
-                "add",
-                "eth0",
-                "address",
-                mac,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "xc-peer0",
-            ],
-            env=CLEAN_ENV,
-        ),
+        guest.run(["sh", "-c", VIF, "sh", mac], env=CLEAN_ENV),
         "adding the clone's network interface",
     )
+    # What systemd does first on a clone's first boot: the template's machine-id is
+    # empty (template_prep), so the clone gets its own.  networkd needs it (DHCP ids).
+    checked(guest.run(["systemd-machine-id-setup"], env=CLEAN_ENV), "systemd-machine-id-setup")
     return guest
 
 
-def run_stages(progress: Progress, guest: Running) -> None:
+def run_stages(progress: Progress, guest: Running, vm: Dict[str, object]) -> None:
     for label, argv in CLOUD_INIT_STAGES:
         started = time.monotonic()
         checked(guest.run(argv, env=CLEAN_ENV, timeout=180), f"cloud-init {label}")
         progress.note(f"cloud-init {label:<22} {time.monotonic() - started:5.1f} s")
+        if label == "init --local":
+            started = time.monotonic()
+            addresses = static_addresses(vm["network_config"])
+            checked(
+                guest.run(["sh", "-c", NETWORKD, "sh", *addresses], env=CLEAN_ENV, timeout=60),
+                "systemd-networkd bringing up " + ", ".join(addresses),
+            )
+            progress.note(f"{'systemd-networkd':<33} {time.monotonic() - started:5.1f} s")
     # systemd runs this after cloud-final (xenchannel-report-status.service): it tells
     # dom0 whether cloud-init applied the bundle.
     checked(
@@ -249,21 +280,19 @@ def run_stages(progress: Progress, guest: Running) -> None:
     progress.note("xenchannel-report-status: cloud-init's result sent to dom0")
 
 
-def wait_applied(
-    progress: Progress, ansible: Ansible, agent: Running, vm: Dict[str, object]
-) -> None:
-    progress("dom0: xenchannel.provision.channel_status waits for 'applied'")
+def wait_ready(progress: Progress, ansible: Ansible, agent: Running, vm: Dict[str, object]) -> None:
+    progress("dom0: xenchannel.provision.channel_status waits for 'ready'")
     play = [
         {
-            "name": "Wait until the clone has applied its identity",
+            "name": "Wait until the clone is ready to be used",
             "hosts": "dom0",
             "gather_facts": False,
             "tasks": [
                 {
-                    "name": "Wait for applied",
+                    "name": "Wait for ready",
                     "xenchannel.provision.channel_status": {
                         "domain": vm["name"],
-                        "wait_for": "applied",
+                        "wait_for": "ready",
                         "timeout": 60,
                     },
                 }
@@ -322,10 +351,11 @@ def show_results(guest: Running, agent: Running, vm: Dict[str, object]) -> None:
     print(f"\nThe clone's xl config on dom0 (/etc/xen/{vm['name']}.cfg):")
     for line in xl.splitlines():
         print(f"  {line}")
+    name = str(vm["name"])
     table = checked(
-        agent.run(["xenchannel-dom0", "status"], env=CLEAN_ENV), "xenchannel-dom0 status"
+        agent.run(["xenchannel-dom0", "status", name], env=CLEAN_ENV), "xenchannel-dom0 status"
     )
-    print("\nThe dom0 agent's status (xenchannel-dom0 status):")
+    print(f"\nThe dom0 agent's status and the clone's report (xenchannel-dom0 status {name}):")
     for line in table.stdout.splitlines():
         print(f"  {line}")
     print("\nThe dom0 agent's log for the clone:")
@@ -374,8 +404,8 @@ def run_demo(work: str, rate: Optional[float]) -> int:
             )
             mac = str(vm["vifs"][0]["mac"])
             with boot_clone(progress, roots["template"], work, dev, mac) as guest:
-                run_stages(progress, guest)
-                wait_applied(progress, ansible, agent, vm)
+                run_stages(progress, guest, vm)
+                wait_ready(progress, ansible, agent, vm)
                 progress.done()
                 show_results(guest, agent, vm)
     except DemoError as exc:
