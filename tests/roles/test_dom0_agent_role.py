@@ -214,6 +214,8 @@ def test_the_wrapper_prints_the_status_table(converged) -> None:
         "HANDSHAKE",
         "DELIVERED",
         "STATUS",
+        "READY",
+        "ADDRESS",
         "INSTANCE-ID",
         "LAST",
         "ERROR",
