@@ -87,10 +87,13 @@ def test_each_test_tier_inside_a_pytest_target_gets_its_line(tmp_path: Any) -> N
         "    (start-up,",
         "  all",
     ], lines
-    assert lines[0].split()[1:] == ["0.0", "min", "ok"]
-    assert lines[1].split()[1:] == ["0.0", "min", "ok"]
-    assert lines[-2].split()[1:] == ["collection)", "0.0", "min"]
-    assert lines[-1].split()[1:] == ["tiers", "0.0", "min"]
+    # Seconds of stub work: well under a minute each, however busy the machine (pytest's
+    # own start-up alone can show as 0.1 min).
+    for line, tail in ((lines[0], ["min", "ok"]), (lines[1], ["min", "ok"])):
+        assert line.split()[2:] == tail and float(line.split()[1]) < 1.0, line
+    for line, word in ((lines[-2], "collection)"), (lines[-1], "tiers")):
+        assert line.split()[1] == word and line.split()[3] == "min", line
+        assert float(line.split()[2]) < 1.0, line
 
 
 def test_the_report_splits_a_target_into_its_test_tiers(capsys: Any) -> None:
