@@ -46,9 +46,10 @@ typecheck: $(STAMP)
 
 # System tools the tests use for real (shellcheck, dash, a udevadm with `verify`, Xen's
 # own config parser libxlutil from Debian's libxenmisc4.17, cloud-init 22.4 and 25.1 from
-# Debian's packages): installed or fetched into .cache/ by the project's scripts.
+# Debian's packages, 23.4, 24.4 and 26.2 installed from tests/fixtures/ with the venv's
+# pip): installed or fetched into .cache/ by the project's scripts.
 # Idempotent and quick once done; needs root (or sudo) the first time.
-system:
+system: $(STAMP)
 	sh tests/setup-system-packages.sh
 	sh tests/oracle/fetch-xen-utils.sh >/dev/null
 	sh tests/setup-cloud-init.sh

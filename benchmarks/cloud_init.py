@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from testbed.cloud_init_sandbox import Sandbox, base_cloud_cfg, guest_root, init_args
-from testbed.cloud_init_trees import REPO, VERSIONS, dist_packages
+from testbed.cloud_init_trees import REPO, VERSIONS, python_path
 from testbed.simulator import SimulatorOptions
 from testbed.stack import Stack
 
@@ -124,7 +124,7 @@ def _detect(version: str, calls: int) -> Dict[str, Any]:
             os.path.join(REPO, "runtime"),
             os.path.join(REPO, "datasource"),
             REPO,
-            dist_packages(version),
+            *python_path(version),
         ]
     )
     proc = subprocess.run(

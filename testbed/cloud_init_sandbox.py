@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from testbed.cloud_init_trees import REPO, dist_packages
+from testbed.cloud_init_trees import REPO, python_path
 
 OVERLAID = ("etc", "var", "root", "home")
 CHANNEL = "org.xenchannel.provision.0"
@@ -190,7 +190,7 @@ class Sandbox:
         self.set_cfg(cloud_cfg)
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
-            [os.path.join(REPO, "runtime"), pkgs, dist_packages(version)]
+            [os.path.join(REPO, "runtime"), pkgs, *python_path(version)]
         )
 
     def set_cfg(self, cloud_cfg: Dict[str, Any]) -> None:

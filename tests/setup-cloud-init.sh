@@ -8,7 +8,11 @@
 #   .cache/cloud-init/guest-units/  bookworm's ifupdown and openssh-server (the system's
 #                            apt), only for their systemd units: what a cloud-init guest
 #                            orders against (tests/integration/test_unit_ordering.py)
-# Each directory holds the .deb and `root/` (dpkg -x). Python code is then under
+#   .cache/cloud-init/{23.4,24.4,26.2}/  upstream releases (tests/fixtures/cloud-init/),
+#                            installed by their own build systems into a throwaway root:
+#                            tests/setup-cloud-init-upstream.py, run with the venv's python
+#                            (or $XENCHANNEL_CLOUD_INIT_PYTHON) says how
+# Each Debian directory holds the .deb and `root/` (dpkg -x). Python code is then under
 # root/usr/lib/python3/dist-packages; ds-identify under root/usr/lib/cloud-init/.
 # Nothing is installed on the system and no cloud-init command is run.
 # Idempotent: prints nothing when everything is already cached. Progress -> stderr.
@@ -117,3 +121,4 @@ fetch_guest_units() {
 have_tree "$CACHE/22.4" || fetch_bookworm
 have_tree "$CACHE/25.1" || fetch_trixie
 have_guest_units "$CACHE/guest-units" || fetch_guest_units
+"${XENCHANNEL_CLOUD_INIT_PYTHON:-$ROOT/.venv/bin/python}" "$ROOT/tests/setup-cloud-init-upstream.py"

@@ -1,4 +1,4 @@
-"""Both ways cloud-init finds an out-of-tree datasource, with each Debian cloud-init.
+"""Both ways cloud-init finds an out-of-tree datasource, with each tested cloud-init.
 
 docs/datasource.md documents two installs: the module copied into ``cloudinit/sources/``,
 or a package named in ``datasource_pkg_list``.  Each is checked here with cloud-init's own
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.cloud_init_trees import REPO, VERSIONS, dist_packages
+from testbed.cloud_init_trees import REPO, VERSIONS, dist_packages, python_path
 
 MODULE = os.path.join(REPO, "datasource", "DataSourceXenChannel.py")
 RUNTIME = os.path.join(REPO, "runtime")
@@ -50,7 +50,9 @@ def test_module_copied_into_cloudinit_sources(version: str, tmp_path: Path) -> N
     copy = tmp_path / "site"
     shutil.copytree(os.path.join(dist_packages(version), "cloudinit"), copy / "cloudinit")
     shutil.copy(MODULE, copy / "cloudinit" / "sources" / "DataSourceXenChannel.py")
-    out = discover(os.pathsep.join([str(copy), RUNTIME]), "cloudinit.sources")
+    out = discover(
+        os.pathsep.join([str(copy), *python_path(version)[1:], RUNTIME]), "cloudinit.sources"
+    )
     found, network_stage = out.split("\n")[:2]
     assert found == "cloudinit.sources.DataSourceXenChannel.DataSourceXenChannel:XenChannel"
     # Registered for the local stage only: the network stage's dependency set finds nothing.
@@ -63,7 +65,7 @@ def test_module_through_datasource_pkg_list(version: str, tmp_path: Path) -> Non
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     shutil.copy(MODULE, package / "DataSourceXenChannel.py")
-    pythonpath = os.pathsep.join([str(tmp_path / "pkg"), dist_packages(version), RUNTIME])
+    pythonpath = os.pathsep.join([str(tmp_path / "pkg"), *python_path(version), RUNTIME])
     out = discover(pythonpath, "cloudinit.sources", "xenchannel_datasource")
     found, network_stage = out.split("\n")[:2]
     assert found == "xenchannel_datasource.DataSourceXenChannel.DataSourceXenChannel:XenChannel"

@@ -22,6 +22,13 @@ FAST = {"connect_timeout": 1.5, "transfer_timeout": 10.0, "wait_timeout": 1.0}
 def test_runs_the_expected_cloud_init():
     assert version.version_string().startswith(os.environ["XENCHANNEL_CLOUD_INIT_VERSION"])
     assert os.environ["XENCHANNEL_CLOUD_INIT_VERSION"] in sources.__file__
+    # An upstream release runs with the requirements it declares (23.4: jsonschema<=4.20.0),
+    # not the venv's.
+    deps = os.environ.get("XENCHANNEL_CLOUD_INIT_DEPS")
+    if deps:
+        import jsonschema  # noqa: PLC0415 - whichever copy this process's path gives
+
+        assert jsonschema.__file__.startswith(deps), jsonschema.__file__
 
 
 def test_registration():
