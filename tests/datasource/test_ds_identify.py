@@ -1,6 +1,10 @@
-"""dscheck_XenChannel inside the REAL ds-identify of each Debian cloud-init, run against
+"""dscheck_XenChannel inside the REAL ds-identify of each tested cloud-init, run against
 a fake root (PATH_ROOT) the way cloud-init's own ds-identify tests do: the commands it
-would ask about the machine (systemd-detect-virt, blkid) are stand-ins on PATH."""
+would ask about the machine (systemd-detect-virt, blkid) are stand-ins on PATH.
+
+Each fake root has ds-identify where that version's install put it, beside the systemd
+generator that runs it: /usr/lib/cloud-init (Debian's packages, 26.2 built for a
+Debian-family variant) or /usr/libexec/cloud-init (23.4 and 24.4 as RHEL builds them)."""
 
 import os
 import shutil
@@ -9,7 +13,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from testbed.cloud_init_trees import REPO, VERSIONS, ds_identify
+from testbed.cloud_init_trees import REPO, VERSIONS, ds_identify, generator, tree
 
 INSTALL = os.path.join(REPO, "datasource", "install-ds-identify-check.sh")
 CHANNEL = "org.xenchannel.provision.0"
@@ -23,8 +27,10 @@ def read(path: str) -> str:
 
 def make_root(base: str, version: str, virt: str = "none") -> str:
     root = os.path.join(base, "root")
-    os.makedirs(os.path.join(root, "usr/lib/cloud-init"))
-    shutil.copy2(ds_identify(version), os.path.join(root, "usr/lib/cloud-init/ds-identify"))
+    for installed in (ds_identify(version), generator(version)):
+        copy = os.path.join(root, os.path.relpath(installed, tree(version)))
+        os.makedirs(os.path.dirname(copy), exist_ok=True)
+        shutil.copy2(installed, copy)
     os.makedirs(os.path.join(root, "etc/cloud/cloud.cfg.d"))
     with open(os.path.join(root, "etc/cloud/cloud.cfg.d/90-xenchannel.cfg"), "w") as f:
         f.write("datasource_list: [XenChannel, NoCloud, None]\n")
@@ -61,6 +67,17 @@ def install(root: str) -> None:
     subprocess.run(["sh", INSTALL, root], check=True, timeout=30)
 
 
+def installed_ds_identify(root: str) -> str:
+    """The fake root's ds-identify, in either layout."""
+    found = [
+        os.path.join(root, rel, "ds-identify")
+        for rel in ("usr/lib/cloud-init", "usr/libexec/cloud-init")
+        if os.path.isfile(os.path.join(root, rel, "ds-identify"))
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def run(base: str, root: str) -> Tuple[int, str, str]:
     env: Dict[str, str] = {
         "PATH": os.path.join(base, "bin") + ":/usr/sbin:/usr/bin:/sbin:/bin",
@@ -68,7 +85,7 @@ def run(base: str, root: str) -> Tuple[int, str, str]:
         "DI_LOG": "stderr",
     }
     result = subprocess.run(  # noqa: PLW1510 - the return code is asserted
-        ["sh", os.path.join(root, "usr/lib/cloud-init/ds-identify"), "--force"],
+        ["sh", installed_ds_identify(root), "--force"],
         env=env,
         capture_output=True,
         text=True,
@@ -168,7 +185,8 @@ def test_without_the_check_ds_identify_skips_xenchannel(tmp_path, version: str) 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_install_is_idempotent_and_keeps_main_last(tmp_path, version: str) -> None:
     root = make_root(str(tmp_path), version)
-    target = os.path.join(root, "usr/lib/cloud-init/ds-identify")
+    target = installed_ds_identify(root)
+    assert target == os.path.join(root, os.path.relpath(ds_identify(version), tree(version)))
     install(root)
     once = read(target)
     install(root)
@@ -193,3 +211,66 @@ def test_install_refuses_an_unknown_layout(tmp_path) -> None:
     )
     assert result.returncode == 1
     assert "unknown ds-identify layout" in result.stderr
+
+
+LAYOUTS = {"debian": "usr/lib/cloud-init", "rhel": "usr/libexec/cloud-init"}
+
+
+def _generator_naming(root: str, named: str) -> None:
+    path = os.path.join(root, "usr/lib/systemd/system-generators/cloud-init-generator")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\n# start: template section\n    dsidentify="{named}"\n')
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("with_generator", [True, False], ids=["generator", "no-generator"])
+def test_install_finds_either_layout(tmp_path, layout: str, with_generator: bool) -> None:
+    """Debian's /usr/lib/cloud-init and RHEL's /usr/libexec/cloud-init, found through the
+    generator's own line or, without a generator, where it exists."""
+    root = str(tmp_path)
+    target = os.path.join(root, LAYOUTS[layout], "ds-identify")
+    os.makedirs(os.path.dirname(target))
+    shutil.copy2(ds_identify("24.4"), target)
+    if with_generator:
+        _generator_naming(root, "/" + LAYOUTS[layout] + "/ds-identify")
+    located = subprocess.run(
+        ["sh", INSTALL, "--locate", root], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert located.stdout.strip() == target
+    install(root)
+    assert read(target).count(MARKER) == 1
+
+
+def test_install_follows_the_generator_not_a_stray_copy(tmp_path) -> None:
+    """A leftover /usr/lib copy beside RHEL's layout: the generator runs libexec's."""
+    root = str(tmp_path)
+    for rel in LAYOUTS.values():
+        os.makedirs(os.path.join(root, rel))
+        shutil.copy2(ds_identify("24.4"), os.path.join(root, rel, "ds-identify"))
+    _generator_naming(root, "/usr/libexec/cloud-init/ds-identify")
+    install(root)
+    assert MARKER in read(os.path.join(root, LAYOUTS["rhel"], "ds-identify"))
+    assert MARKER not in read(os.path.join(root, LAYOUTS["debian"], "ds-identify"))
+
+
+def test_install_refuses_when_the_generator_runs_a_missing_ds_identify(tmp_path) -> None:
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "usr/lib/cloud-init"))
+    shutil.copy2(ds_identify("22.4"), os.path.join(root, "usr/lib/cloud-init/ds-identify"))
+    _generator_naming(root, "/usr/libexec/cloud-init/ds-identify")
+    result = subprocess.run(
+        ["sh", INSTALL, root], check=False, stderr=subprocess.PIPE, text=True, timeout=30
+    )
+    assert result.returncode == 3
+    assert "runs /usr/libexec/cloud-init/ds-identify, which is not in" in result.stderr
+    assert MARKER not in read(os.path.join(root, "usr/lib/cloud-init/ds-identify"))
+
+
+def test_locate_without_any_ds_identify_exits_3(tmp_path) -> None:
+    result = subprocess.run(
+        ["sh", INSTALL, "--locate", str(tmp_path)],
+        check=False, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 3 and result.stdout == ""
+    assert "is cloud-init installed in" in result.stderr

@@ -149,6 +149,29 @@ def test_datasource_role_on_debian_cloud_init(installed_base: Path, tmp_path: Pa
 
 
 @pytest.mark.timeout(SLOW)
+def test_datasource_role_on_the_rhel_layout(installed_base: Path, tmp_path: Path) -> None:
+    """RHEL's packages (and meson's default) put ds-identify in /usr/libexec/cloud-init,
+    and their generator runs it from there: the role inserts the check into that one.
+    Built from the Debian install by moving ds-identify and editing the generator's line
+    as RHEL's render of the same template has it."""
+    role = from_base(installed_base, tmp_path / "box", net=False)
+    libexec = "/usr/libexec/cloud-init/ds-identify"
+    generator = "/usr/lib/systemd/system-generators/cloud-init-generator"  # /lib: a link
+    try:
+        role.sh(
+            f"mkdir -p /usr/libexec/cloud-init && mv {DS_IDENTIFY} {libexec} && "
+            f'sed -i \'s|dsidentify="{DS_IDENTIFY}"|dsidentify="{libexec}"|\' {generator}'
+        ).check()
+        assert f'dsidentify="{libexec}"' in role.box.read(generator)
+        first = role.play([DATASOURCE]).check()
+        assert role.box.read(libexec).splitlines().count(MARKER) == 1
+        assert not role.box.exists(DS_IDENTIFY)
+        assert f"dscheck_XenChannel inserted into {libexec}" in first.stdout, first.output
+    finally:
+        role.close()
+
+
+@pytest.mark.timeout(SLOW)
 def test_datasource_role_check_mode_changes_nothing(installed_base: Path, tmp_path: Path) -> None:
     role = from_base(installed_base, tmp_path / "box")
     try:
