@@ -102,6 +102,13 @@ DOM0_PACKAGES = [
     "procps",
     "python3",
     "e2fsprogs",
+    # The clones' network, from dom0: a DHCP server on the second bridge, ssh to each
+    # clone, ping, and ansible-core to run the guide's flow (channel_status, add_host, a
+    # play over SSH).
+    "dnsmasq-base",
+    "openssh-client",
+    "iputils-ping",
+    "ansible-core",
 ]
 # Exactly what the README asks of a user's machine: Debian 12, python3 (3.11), python3-venv,
 # make and git. The machine's registry set-up is carried in by the test that uses it.
@@ -122,6 +129,8 @@ GUEST_PACKAGES = [
     "kmod",
     # cloud-init's resizefs module runs resize2fs on the root at every first boot.
     "e2fsprogs",
+    # ifupdown's DHCP client (its Recommends; apt installs none here): the clones' second NIC.
+    "dhcpcd-base",
 ]
 XEN_MODULES = ["xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd"]
 # ext4 asks the crypto API for crc32c at mount time; nothing in modules.dep says so.
@@ -423,43 +432,119 @@ def build_guestprov(out: str, deps: Dict[str, str]) -> None:
 
 
 @step(
+    "agentprov",
+    deps=["guestroot"],
+    params=(tree_hash(COLLECTION_INPUTS), ANSIBLE_BUNDLE),
+    helpers=[BUILDER.apply_playbook, BUILDER.in_root, copy_root],
+)
+def build_agentprov(out: str, deps: Dict[str, str]) -> None:
+    """A template without cloud-init: the same guest root with cloud-init purged, then the
+    same template playbook, which then installs the guest role alone (the in-guest agent
+    applies the bundle)."""
+    root = os.path.join(out, "root")
+    copy_root(os.path.join(deps["guestroot"], "root"), root)
+    in_root(root, ["apt-get", "purge", "-y", "-q", "cloud-init"], "purging cloud-init")
+    apply_playbook(
+        root,
+        "templates",
+        os.path.join(ROOT, "playbooks/template.yml"),
+        {"template_prep_confirm": True},
+        "template-agent",
+    )
+
+
+def guest_image(root: str, image: str, echo: bool) -> None:
+    """A provisioned guest root packed, with the harness's probe (and the echo end of the
+    channel benchmark) clipped on."""
+    pack(root, image, "3G", "guest")
+    # The harness's probe, not the collection's: added after the template playbook, the
+    # way a test instrument is clipped on, and enabled by its link.
+    unit = "/etc/systemd/system/xenchannel-e2e-report.service"
+    files = {
+        "/usr/local/sbin/xenchannel-e2e-report": (os.path.join(FILES, "guest-report"), "0100755"),
+        unit: (os.path.join(FILES, "guest-report.service"), "0100644"),
+    }
+    links = {"/etc/systemd/system/sysinit.target.wants/xenchannel-e2e-report.service": unit}
+    if echo:
+        # The echo end of the raw channel benchmark likewise (files/guest-echo).
+        echo_unit = "/etc/systemd/system/xenchannel-e2e-echo.service"
+        files["/usr/local/sbin/xenchannel-e2e-echo"] = (
+            os.path.join(FILES, "guest-echo"),
+            "0100755",
+        )
+        files[echo_unit] = (os.path.join(FILES, "guest-echo.service"), "0100644")
+        links["/etc/systemd/system/multi-user.target.wants/xenchannel-e2e-echo.service"] = echo_unit
+    add_files(image, files, links=links)
+
+
+@step(
     "guestimage",
     deps=["guestprov"],
     files=["guest-report", "guest-report.service", "guest-echo", "guest-echo.service"],
-    helpers=[pack, add_files],
+    helpers=[pack, add_files, guest_image],
 )
 def build_guestimage(out: str, deps: Dict[str, str]) -> None:
-    image = os.path.join(out, "guest.img")
-    pack(os.path.join(deps["guestprov"], "root"), image, "3G", "guest")
-    # The harness's probe, not the collection's: added after the template playbook, the
-    # way a test instrument is clipped on, and enabled by its link.
-    # The echo end of the raw channel benchmark likewise (files/guest-echo).
-    unit = "/etc/systemd/system/xenchannel-e2e-report.service"
-    echo_unit = "/etc/systemd/system/xenchannel-e2e-echo.service"
-    add_files(
-        image,
-        {
-            "/usr/local/sbin/xenchannel-e2e-report": (
-                os.path.join(FILES, "guest-report"),
-                "0100755",
-            ),
-            unit: (os.path.join(FILES, "guest-report.service"), "0100644"),
-            "/usr/local/sbin/xenchannel-e2e-echo": (os.path.join(FILES, "guest-echo"), "0100755"),
-            echo_unit: (os.path.join(FILES, "guest-echo.service"), "0100644"),
-        },
-        links={
-            "/etc/systemd/system/sysinit.target.wants/xenchannel-e2e-report.service": unit,
-            "/etc/systemd/system/multi-user.target.wants/xenchannel-e2e-echo.service": echo_unit,
-        },
-    )
+    guest_image(os.path.join(deps["guestprov"], "root"), os.path.join(out, "guest.img"), True)
+
+
+@step(
+    "agentimage",
+    deps=["agentprov"],
+    files=["guest-report", "guest-report.service"],
+    helpers=[pack, add_files, guest_image],
+)
+def build_agentimage(out: str, deps: Dict[str, str]) -> None:
+    guest_image(os.path.join(deps["agentprov"], "root"), os.path.join(out, "guest.img"), False)
+
+
+# The placeholder in files/dom0-vars.json for each VM's own SSH public key.
+SSH_KEY_PLACEHOLDER = "E2E_SSH_PUBLIC_KEY"
+# Where dom0 finds the collection (the guide's flow runs ansible-playbook there).
+DOM0_COLLECTION = "usr/share/ansible/collections/ansible_collections/xenchannel/provision"
+
+
+def with_ssh_keys(extra_vars: dict, root: str, out: str) -> dict:
+    """Give each VM its own SSH key pair, made here: the public key goes into its bundle
+    (in place of the placeholder), the private key into dom0 (/root/.ssh/e2e-<vm>, for
+    the job's ssh and the guide's flow) and into <out>/ssh/ for the tests."""
+    keys = os.path.join(out, "ssh")
+    dot_ssh = os.path.join(root, "root", ".ssh")
+    os.makedirs(keys, mode=0o700)
+    os.makedirs(dot_ssh, mode=0o700, exist_ok=True)
+    vms = []
+    for vm in extra_vars["xenchannel_vms"]:
+        path = os.path.join(keys, vm["name"])
+        comment = f"e2e-{vm['name']}@xenchannel"
+        argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path]
+        run(argv, f"ssh-keygen for {vm['name']}")
+        with open(path + ".pub") as f:
+            public = f.read().strip()
+        shutil.copyfile(path, os.path.join(dot_ssh, f"e2e-{vm['name']}"))
+        os.chmod(os.path.join(dot_ssh, f"e2e-{vm['name']}"), 0o600)
+        vms.append(json.loads(json.dumps(vm).replace(SSH_KEY_PLACEHOLDER, public)))
+    return dict(extra_vars, xenchannel_vms=vms)
+
+
+def install_collection(root: str) -> None:
+    """This collection into dom0's collections path, as ansible-galaxy would put it."""
+    dest = os.path.join(root, DOM0_COLLECTION)
+    for name in COLLECTION_INPUTS:
+        src = os.path.join(ROOT, name)
+        if os.path.isdir(src):
+            shutil.copytree(
+                src, os.path.join(dest, name), ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            os.makedirs(dest, exist_ok=True)
+            shutil.copyfile(src, os.path.join(dest, name))
 
 
 @step(
     "dom0prov",
     deps=["dom0root"],
     files=["dom0-play.yml", "dom0-vars.json", "template.cfg"],
-    params=(tree_hash(COLLECTION_INPUTS), ANSIBLE_BUNDLE),
-    helpers=[BUILDER.apply_playbook, copy_root],
+    params=(tree_hash(COLLECTION_INPUTS), ANSIBLE_BUNDLE, SSH_KEY_PLACEHOLDER, DOM0_COLLECTION),
+    helpers=[BUILDER.apply_playbook, copy_root, with_ssh_keys, install_collection],
 )
 def build_dom0prov(out: str, deps: Dict[str, str]) -> None:
     root = os.path.join(out, "root")
@@ -469,14 +554,15 @@ def build_dom0prov(out: str, deps: Dict[str, str]) -> None:
         os.path.join(FILES, "template.cfg"), os.path.join(root, "etc/xen/templates/e2e.cfg")
     )
     with open(os.path.join(FILES, "dom0-vars.json")) as f:
-        extra_vars = json.load(f)
+        extra_vars = with_ssh_keys(json.load(f), root, out)
+    install_collection(root)
     apply_playbook(root, "dom0", os.path.join(FILES, "dom0-play.yml"), extra_vars, "dom0")
 
 
 @step(
     "dom0image",
     deps=["dom0prov", "kernel", "initrds"],
-    files=["dom0-init", "channel-bench"],
+    files=["dom0-init", "channel-bench", "guide-flow.yml"],
     helpers=[pack, add_files],
 )
 def build_dom0image(out: str, deps: Dict[str, str]) -> None:
@@ -491,6 +577,7 @@ def build_dom0image(out: str, deps: Dict[str, str]) -> None:
             os.path.join(FILES, "channel-bench"),
             "0100755",
         ),
+        "/etc/xenchannel-e2e/guide-flow.yml": (os.path.join(FILES, "guide-flow.yml"), "0100644"),
         # What the VMs boot, by kernel=/ramdisk= in their xl configs (files/template.cfg).
         "/var/lib/xenchannel-e2e/vmlinuz": (os.path.join(deps["kernel"], "vmlinuz"), "0100644"),
         "/var/lib/xenchannel-e2e/guest-initrd.gz": (
@@ -498,7 +585,7 @@ def build_dom0image(out: str, deps: Dict[str, str]) -> None:
             "0100644",
         ),
     }
-    add_files(image, extra, mkdirs=["/var/lib/xenchannel-e2e"])
+    add_files(image, extra, mkdirs=["/var/lib/xenchannel-e2e", "/etc/xenchannel-e2e"])
 
 
 # --------------------------------------------------------------------------- cache
