@@ -15,6 +15,7 @@ with it), with Xen 4.20 as the multiboot kernel, the trixie kernel as dom0, and 
     vdb  job.img, made here per run: run.sh + job-lib.sh in, result/ back out
     vdc  vm1's disk, vdd vm2's, vde the NoCloud baseline's: copies of the template
     vdf  cidata.iso, the NoCloud baseline's seed (files/nocloud/), made here
+    vdg  vm3's disk: a copy of the template without cloud-init (build.py agentimage)
 
 dom0's init (files/dom0-init) starts Xen's daemons, runs /job/run.sh bounded by
 ``xenchannel.job_timeout=`` and powers off. The serial console is logged to
@@ -54,15 +55,22 @@ INSIDE = "/e2e"
 # guest boots alone (the benchmark compares vm1's first boot with the NoCloud one's):
 XEN_JOB = """\
 start_agent
+# dom0's bridges (xenbr0 static, xenbr1 with dnsmasq's DHCP) for the clones' vifs.
+net_up
 # 0. A VM xl cannot create: the failure is marked with xl's reason, its steps skipped.
 broken_config
 create broken
 wait_status broken applied agent-status-applied 600
 shutdown_vm broken 300
-# 1. vm1's first boot: identity over the channel, status back to the agent.
+# 1. vm1's first boot: identity over the channel, status back to the agent; then, from
+#    dom0, its addresses pinged and an SSH login with the reported host keys pinned,
+#    and the guide's flow (channel_status, known_hosts, add_host, a play over SSH).
 create vm1
 wait_status vm1 applied agent-status-applied 600
 wait_console vm1 'Cloud-init v.* finished' guest-final-seen 300
+wait_ready vm1 300
+net_check vm1 debian
+guide_flow vm1 debian
 query vm1
 collect vm1-boot1
 shutdown_vm vm1 300
@@ -71,6 +79,8 @@ snapshot vm1
 #    the raw channel benchmark (files/channel-bench against files/guest-echo).
 create vm2
 wait_status vm2 applied agent-status-applied 600
+wait_ready vm2 300
+net_check vm2 debian
 channel_bench vm2 /run/xenchannel/vm2-echo.sock
 collect vm2-boot1
 shutdown_vm vm2 300
@@ -88,9 +98,22 @@ wait_console nocloud 'Finished.*cloud-init-local' guest-local-done-seen 420
 wait_console nocloud 'Cloud-init v.* finished' guest-final-seen 300
 shutdown_vm nocloud 300
 snapshot nocloud
+# 5. vm3, a clone of the template without cloud-init: the in-guest agent applies the
+#    bundle (hostname, keys, network) and reports; checked from dom0 like vm1.
+start_agent
+create vm3
+wait_status vm3 applied agent-status-applied 600
+wait_ready vm3 300
+net_check vm3 root
+collect vm3-boot1
+shutdown_vm vm3 300
+snapshot vm3
+collect_leases
 """
-# The disks the job's VMs use, in the order they appear in dom0 (vdc, vdd, vde).
+# The disks the job's VMs use, in the order they appear in dom0 (vdc, vdd, vde; the
+# cidata ISO is vdf); then the clones of the template without cloud-init (vdg).
 XEN_VMS = ("vm1", "vm2", "nocloud")
+AGENT_VMS = ("vm3",)
 NOCLOUD_SEED = os.path.join(build.FILES, "nocloud")
 
 # Lines after which nothing more will come: Xen keeps the machine up (noreboot) so that
@@ -328,7 +351,7 @@ def make_cidata(run: str) -> str:
 def prepare_run(name: str) -> str:
     run = os.path.join(RUNS, name)
     os.makedirs(run, exist_ok=True)
-    for entry in ("job", "job.img", "result", "console.log", "agent", "cidata.iso"):
+    for entry in ("job", "job.img", "result", "console.log", "agent", "cidata.iso", "net"):
         path = os.path.join(run, entry)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -337,19 +360,23 @@ def prepare_run(name: str) -> str:
     return run
 
 
-def copy_template(outs: Dict[str, str], run: str, disk: str, fresh: bool) -> None:
+def copy_template(
+    outs: Dict[str, str], run: str, disk: str, fresh: bool, image: str = "guestimage"
+) -> None:
     path = os.path.join(run, disk)
     if fresh or not os.path.exists(path):
         build.run(
-            ["cp", "--sparse=always", os.path.join(outs["guestimage"], "guest.img"), path],
+            ["cp", "--sparse=always", os.path.join(outs[image], "guest.img"), path],
             f"copying the template to {disk}",
         )
 
 
-def in_host_chroot(host: str, qemu: Sequence[str]) -> List[str]:
-    """QEMU from the host chroot, in private mount, network and pid namespaces."""
+def in_host_chroot(host: str, qemu: Sequence[str], loopback: bool = False) -> List[str]:
+    """QEMU from the host chroot, in private mount, network and pid namespaces; with
+    loopback, the namespace's lo is up (QEMU's user network forwards a port on it)."""
     script = (
-        f'mount -t proc proc "{host}/proc" && mount --rbind /dev "{host}/dev" && '
+        ("ip link set lo up && " if loopback else "")
+        + f'mount -t proc proc "{host}/proc" && mount --rbind /dev "{host}/dev" && '
         f'mkdir -p "{host}{INSIDE}" && mount --bind "{build.CACHE}" "{host}{INSIDE}" && '
         f'exec chroot "{host}" "$@"'
     )
@@ -384,6 +411,7 @@ def run_console(
     echo: bool,
     on_line: Optional[Callable[[str, float], Optional[Mark]]] = None,
     on_tick: Optional[Callable[[float], Optional[Mark]]] = None,
+    on_start: Optional[Callable[[int], None]] = None,
 ) -> Console:
     """Run QEMU, log its serial console with host seconds, collect MARKs, bounded.
 
@@ -403,6 +431,9 @@ def run_console(
         start_new_session=True,
     )
     assert proc.stdout is not None
+    if on_start is not None:
+        # unshare's own pid: it is in the new network namespace (nsenter --net -t PID).
+        on_start(proc.pid)
 
     def add(mark: Mark) -> None:
         marks.append(mark)
@@ -490,18 +521,23 @@ def boot(
 
     fresh_disks=False keeps the VMs' disks of the last run of the same name (a second
     boot of the same VM)."""
-    outs = build.build(["hostroot", "kernel", "dom0root", "initrds", "guestimage", "dom0image"])
+    outs = build.build(
+        ["hostroot", "kernel", "dom0root", "initrds", "guestimage", "agentimage", "dom0image"]
+    )
     run = prepare_run(name)
     disks = [f"{vm}.img" for vm in vms]
+    agent_disks = [f"{vm}.img" for vm in AGENT_VMS]
     t = time.monotonic()
     for disk in disks:
         copy_template(outs, run, disk, fresh_disks)
+    for disk in agent_disks:
+        copy_template(outs, run, disk, fresh_disks, "agentimage")
     make_cidata(run)
     make_job(run, job)
     build.log(f"run {name}: disks and job ready in {time.monotonic() - t:.1f} s")
     # The job's own bound is a little shorter, so dom0 can still report and power off.
     job_timeout = max(60, int(timeout) - 120)
-    qemu = qemu_argv(run, [*disks, "cidata.iso"], job_timeout)
+    qemu = qemu_argv(run, [*disks, "cidata.iso", *agent_disks], job_timeout)
     console = run_console(in_host_chroot(outs["hostroot"], qemu), run, timeout, echo)
     result = read_results(run)
     return BootResult(run, console.marks, console.wall, console.timed_out, console.rc, result)
@@ -514,25 +550,42 @@ def boot(
 # guest sees QEMU's devices, not Xen's: /dev/vda, ttyS0, /dev/virtio-ports/<name>.
 VIRTIO_VM = "kvm1"
 VIRTIO_UUID = "6f1ae2c5-8a0e-4d53-9d1c-3c6f2f0b6a11"
+# The guest's NIC on QEMU's user network (slirp: its DHCP server gives 10.0.2.15).
+VIRTIO_MAC = "52:54:00:e2:e2:01"
 VIRTIO_BUNDLE = {
     "meta_data": {"instance-id": VIRTIO_UUID, "local-hostname": "e2e-kvm1"},
     "user_data": (
-        "#cloud-config\nssh_authorized_keys:\n  - ssh-ed25519 "
-        "AAAAC3NzaC1lZDI1NTE5AAAAIJLGejfcSnKJrXrIO+Br5h/agA4amP5mDObZUGCF1ZYH e2e-kvm1@xenchannel\n"
+        # Its own key pair, made per run (virtio_key).
+        "#cloud-config\nssh_authorized_keys:\n  - E2E_SSH_PUBLIC_KEY\n"
     ),
     "network_config": {
         "version": 2,
         "ethernets": {
-            "eth0": {"match": {"name": "eth0"}, "addresses": ["192.0.2.21/24"]},
+            "nic0": {"match": {"macaddress": VIRTIO_MAC}, "dhcp4": True},
         },
     },
 }
 CHANNEL = "org.xenchannel.provision.0"
+# The port QEMU's user network forwards to the guest's sshd, on the namespace's lo.
+VIRTIO_SSH_PORT = 2222
 
 
-def write_virtio_store(agent_dir: str) -> None:
+def virtio_key(net: str) -> str:
+    """A key pair for the QEMU guest's login, made per run; the public key."""
+    path = os.path.join(net, "id_ed25519")
+    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e-kvm1@xenchannel"]
+    build.run([*argv, "-f", path], "ssh-keygen for the QEMU guest")
+    with open(path + ".pub") as f:
+        return f.read().strip()
+
+
+def write_virtio_store(agent_dir: str, public_key: str) -> None:
     """The VM's bundle in the agent's store, written by the collection's channel_metadata
     module through ansible-playbook, as an operator of a KVM host would."""
+    bundle = dict(
+        VIRTIO_BUNDLE,
+        user_data=VIRTIO_BUNDLE["user_data"].replace(build.SSH_KEY_PLACEHOLDER, public_key),
+    )
     task = {
         "name": "bundle",
         "xenchannel.provision.channel_metadata": {
@@ -540,7 +593,7 @@ def write_virtio_store(agent_dir: str) -> None:
             "socket": os.path.join(agent_dir, "sockets", f"{VIRTIO_VM}.sock"),
             "socket_root": os.path.join(agent_dir, "sockets"),
             "store_dir": os.path.join(agent_dir, "store"),
-            **VIRTIO_BUNDLE,
+            **bundle,
         },
     }
     work = os.path.join(agent_dir, "ansible")
@@ -638,6 +691,47 @@ VIRTIO_PHASES = (
 )
 
 
+def virtio_ssh(pid: int, record: Dict, net: str) -> bool:
+    """ssh into the QEMU guest through its forwarded port, from inside QEMU's network
+    namespace, with the bundle's key and strict host key checking against the host keys
+    the guest reported; its answers in <net>/ssh.txt."""
+    known = os.path.join(net, "known_hosts")
+    with open(known, "w") as f:
+        for key in (record.get("report") or {}).get("host_keys") or []:
+            f.write(f"[127.0.0.1]:{VIRTIO_SSH_PORT} {key}\n")
+    argv = [
+        "nsenter",
+        f"--target={pid}",
+        "--net",
+        "ssh",
+        "-i",
+        os.path.join(net, "id_ed25519"),
+        "-p",
+        str(VIRTIO_SSH_PORT),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=60",
+        "debian@127.0.0.1",
+        'echo "hostname=$(hostname)"; cloud-init status --long',
+    ]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    with open(os.path.join(net, "ssh.txt"), "w") as f:
+        f.write(proc.stdout)
+    with open(os.path.join(net, "ssh.err"), "w") as f:
+        f.write(proc.stderr)
+    return proc.returncode == 0
+
+
 def boot_virtio(name: str = "virtio", timeout: float = 1500, echo: bool = True) -> BootResult:
     """Boot the template under QEMU with a virtserialport named like the Xen channel, the
     dom0 agent serving its socket; power the guest off once the agent says applied and
@@ -647,7 +741,9 @@ def boot_virtio(name: str = "virtio", timeout: float = 1500, echo: bool = True) 
     copy_template(outs, run, f"{VIRTIO_VM}.img", True)
     agent_dir = os.path.join(run, "agent")
     os.makedirs(agent_dir, mode=0o700)
-    write_virtio_store(agent_dir)
+    net = os.path.join(run, "net")
+    os.makedirs(net, mode=0o700)
+    write_virtio_store(agent_dir, virtio_key(net))
     qemu = [
         *qemu_machine("1024"),
         "-uuid",
@@ -669,10 +765,15 @@ def boot_virtio(name: str = "virtio", timeout: float = 1500, echo: bool = True) 
         f"socket,id=xc0,path={inside(agent_dir)}/sockets/{VIRTIO_VM}.sock,server=on,wait=off",
         "-device",
         f"virtserialport,chardev=xc0,name={CHANNEL}",
+        # QEMU's user network: DHCP and a forwarded port, no ping from outside, no bridge.
+        "-netdev",
+        f"user,id=n0,hostfwd=tcp:127.0.0.1:{VIRTIO_SSH_PORT}-:22",
+        "-device",
+        f"virtio-net-pci,netdev=n0,mac={VIRTIO_MAC}",
     ]
     agent = start_agent(agent_dir)
     seen: Dict[str, bool] = {}
-    state: Dict[str, object] = {"last": "", "polled": -10.0}
+    state: Dict[str, object] = {"last": "", "polled": -10.0, "pid": 0, "final": None}
     phases = [(n, re.compile(r)) for n, r in VIRTIO_PHASES]
 
     def on_line(line: str, host_t: float) -> Optional[Mark]:
@@ -696,16 +797,43 @@ def boot_virtio(name: str = "virtio", timeout: float = 1500, echo: bool = True) 
                     name = "agent-status-applied" if got == "applied" else "agent-status-failed"
                     return Mark(name, host_t, None, f" vm={VIRTIO_VM} boot=1")
         if "agent-status-applied" in seen and "guest-cloud-init-final" in seen:
+            if state["final"] is None:
+                state["final"] = host_t
+            final = state["final"]
+            assert isinstance(final, float)
+            # The report comes after cloud-init's final stage; wait for it (bounded).
+            if "agent-ready" not in seen and host_t - final < 180:
+                record = agent_state(agent_dir, VIRTIO_VM)
+                if (record.get("summary") or {}).get("ready") not in ("yes", "failed"):
+                    return None
+                seen["agent-ready"] = True
+                with open(os.path.join(net, "ready.json"), "w") as f:
+                    json.dump(record, f, indent=2)
+                pid = state["pid"]
+                assert isinstance(pid, int)
+                ok = virtio_ssh(pid, record, net)
+                return Mark(
+                    "ssh-ok" if ok else "ssh-failed", host_t, None, f" vm={VIRTIO_VM} boot=1"
+                )
             ok = qmp_powerdown(os.path.join(run, "qmp.sock"))
             return Mark(
                 "qemu-powerdown", host_t, None, f" vm={VIRTIO_VM} acpi={'sent' if ok else 'failed'}"
             )
         return None
 
+    def on_start(pid: int) -> None:
+        state["pid"] = pid
+
     try:
         marks = [Mark("qemu-start", 0.0, None, f" vm={VIRTIO_VM} boot=1")]
         console = run_console(
-            in_host_chroot(outs["hostroot"], qemu), run, timeout, echo, on_line, on_tick
+            in_host_chroot(outs["hostroot"], qemu, loopback=True),
+            run,
+            timeout,
+            echo,
+            on_line,
+            on_tick,
+            on_start,
         )
     finally:
         agent.terminate()

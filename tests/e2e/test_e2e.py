@@ -22,6 +22,7 @@ and the benchmark's figures.
 import json
 import os
 import re
+import subprocess
 from typing import Dict, Optional
 
 import pytest
@@ -141,7 +142,42 @@ def last_boot_log(log: str) -> str:
 
 
 def key_of(vm: str) -> str:
-    return VMS[vm]["user_data"].split("- ", 1)[1].strip()
+    """The VM's SSH public key, as build.py made it and put it into the VM's bundle."""
+    with open(os.path.join(build.output("dom0prov"), "ssh", f"{vm}.pub")) as f:
+        return f.read().strip()
+
+
+def vif_macs(vm: str) -> list:
+    """The MACs of the VM's vifs, in order, as the domain role wrote its xl config."""
+    with open(os.path.join(build.output("dom0prov"), "root", "etc", "xen", f"{vm}.cfg")) as f:
+        (vif,) = re.findall(r"^vif = \[(.*?)\]", f.read(), re.M | re.S)
+    return re.findall(r"mac=([0-9a-f:]{17})", vif)
+
+
+def net_file(res, vm: str, name: str) -> str:
+    """A file of dom0's network check of the VM's first boot (job-lib.sh net_check)."""
+    not_run(res, vm, 1)
+    return result_file(res, f"{vm}-boot1-net/{name}")
+
+
+def reported(res, vm: str) -> Dict:
+    """The agent's record of the VM once it was judged ready (job-lib.sh wait_ready)."""
+    not_run(res, vm, 1)
+    assert res.mark("agent-ready", vm, 1), res.phases()
+    return json.loads(result_file(res, f"{vm}-boot1-ready.json"))
+
+
+def fingerprints(lines) -> set:
+    """SHA256 fingerprints of public key lines, by ssh-keygen -lf (as the probe lists)."""
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", "-"],
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return {line.split()[1] for line in out.splitlines() if line.strip()}
 
 
 def assert_cloud_init_clean(res, vm: str, boot_n: int, datasource: str) -> None:
@@ -179,7 +215,9 @@ def test_a_failed_create_is_reported_and_its_steps_skipped(xen):
     assert xen.mark("xl-shutdown-skipped", "broken", 1), xen.phases()
 
 
-@pytest.mark.parametrize(("vm", "boot_n"), [("vm1", 1), ("vm2", 1), ("vm1", 2), ("nocloud", 1)])
+@pytest.mark.parametrize(
+    ("vm", "boot_n"), [("vm1", 1), ("vm2", 1), ("vm1", 2), ("nocloud", 1), ("vm3", 1)]
+)
 def test_xl_creates_and_shuts_down_each_guest(xen, vm, boot_n):
     not_run(xen, vm, boot_n)
     assert xen.mark("xl-create-done", vm, boot_n), xen.phases()
@@ -320,6 +358,99 @@ def test_benchmark_figures(xen, request):
     )
 
 
+# --------------------------------------------------------------------------- network
+
+# Each clone reached from dom0 over its vifs: the user who holds the bundle's key, and
+# what the clone says of its setup (cloud-init's status, or the in-guest agent's).
+NET_VMS = [("vm1", "status: done"), ("vm2", "status: done"), ("vm3", "agent=active")]
+
+
+@pytest.mark.parametrize(("vm", "status"), NET_VMS)
+def test_clone_answers_ping_and_ssh_with_pinned_host_keys(xen, vm, status):
+    """From dom0: every IPv4 address the clone reported answers ping; ssh with the
+    bundle's key and StrictHostKeyChecking=yes against a known_hosts holding only the
+    host keys the clone reported over its channel logs in, and the clone is itself."""
+    record = reported(xen, vm)
+    report = record["report"]
+    static = VMS[vm]["interfaces"][0]["addresses"][0].split("/")[0]
+    assert record["summary"]["address"] == static, record["summary"]
+    for address in net_file(xen, vm, "ipv4").split():
+        assert xen.mark("ping-ok", vm, 1) and any(
+            m.name == "ping-ok" and f"address={address}" in m.detail for m in xen.marks
+        ), (address, xen.phases())
+    assert static in net_file(xen, vm, "ipv4").split()
+    known = net_file(xen, vm, "known_hosts").splitlines()
+    assert known and all(line.startswith(f"{static} ") for line in known), known
+    # The keys pinned are the clone's own: what its probe listed from /etc/ssh at shutdown.
+    probe_keys = {line.split()[1] for line in need(xen, vm, 1, "ssh-host-keys.txt").splitlines()}
+    assert fingerprints(report["host_keys"]) == probe_keys, (report["host_keys"], probe_keys)
+    assert xen.mark("ssh-ok", vm, 1), (net_file(xen, vm, "ssh.err"), xen.phases())
+    said = net_file(xen, vm, "ssh.txt")
+    assert f"hostname=e2e-{vm}\n" in said, said
+    assert status in said, said
+    assert f"machine-id={need(xen, vm, 1, 'machine-id').strip()}\n" in said, said
+
+
+def test_multi_nic_clone_has_both_addresses(xen):
+    """vm1's two vifs: the static address on the first, a lease from dom0's dnsmasq on
+    the second, each found by the MAC the domain role wrote; both answer ping."""
+    interfaces = {i.get("mac"): i for i in reported(xen, "vm1")["report"]["interfaces"]}
+    static_mac, dhcp_mac = vif_macs("vm1")
+    assert "192.0.2.11/24" in interfaces[static_mac]["addresses"], interfaces
+    leased = [a for a in interfaces[dhcp_mac]["addresses"] if a.startswith("198.51.100.")]
+    assert leased, interfaces
+    pinged = net_file(xen, "vm1", "ipv4").split()
+    assert "192.0.2.11" in pinged and leased[0].split("/")[0] in pinged, pinged
+
+
+def test_clones_differ_in_machine_id_host_keys_and_dhcp_client_id(xen):
+    """The two clones of the cloud-init template, as dom0 sees them over the network."""
+    said = {vm: net_file(xen, vm, "ssh.txt") for vm in ("vm1", "vm2")}
+    ids = {vm: re.findall(r"^machine-id=(\w+)$", text, re.M) for vm, text in said.items()}
+    assert ids["vm1"] and ids["vm2"] and ids["vm1"] != ids["vm2"], ids
+    keys = {vm: set(reported(xen, vm)["report"]["host_keys"]) for vm in ("vm1", "vm2")}
+    assert keys["vm1"] and keys["vm2"] and not keys["vm1"] & keys["vm2"], keys
+    # dnsmasq's lease file: expiry, MAC, address, hostname, client id.
+    leases = {}
+    for line in result_file(xen, "dnsmasq.leases").splitlines():
+        fields = line.split()
+        if len(fields) >= 5:
+            leases[fields[1]] = fields[4]
+    client = {vm: leases.get(vif_macs(vm)[1]) for vm in ("vm1", "vm2")}
+    assert all(c and c != "*" for c in client.values()), (client, leases)
+    assert client["vm1"] != client["vm2"], client
+
+
+def test_guide_flow_reaches_the_clone_without_trusting_on_first_use(xen):
+    """The guide's playbook, run by ansible-playbook in dom0: channel_status wait_for
+    ready, known_hosts from the reported keys, add_host at the reported address with
+    StrictHostKeyChecking=yes, then tasks over SSH on the clone."""
+    not_run(xen, "vm1", 1)
+    log = result_file(xen, "vm1-boot1-guide/ansible.log")
+    assert xen.mark("guide-flow-done", "vm1", 1), log[-4000:]
+    answers = json.loads(result_file(xen, "vm1-boot1-guide/answers.json"))
+    assert answers["hostname"] == "e2e-vm1", answers
+    assert "status: done" in answers["cloud_init"], answers
+    pinned = result_file(xen, "vm1-boot1-guide/known_hosts")
+    for key in reported(xen, "vm1")["report"]["host_keys"]:
+        assert f"192.0.2.11 {key}" in pinned, pinned
+
+
+def test_template_without_cloud_init_is_applied_by_the_agent(xen):
+    """vm3: a clone of the template the template playbook prepared without cloud-init."""
+    not_run(xen, "vm3", 1)
+    assert need(xen, "vm3", 1, "etc-hostname").strip() == "e2e-vm3"
+    assert key_of("vm3") in need(xen, "vm3", 1, "authorized_keys")
+    assert "192.0.2.14" in need(xen, "vm3", 1, "network-config.txt")
+    assert probe(xen, "vm3", 1, "status.json") is None, "cloud-init ran in vm3"
+    record = agent_record(xen, "vm3-boot1", "vm3")
+    assert (record.get("status") or {}).get("state") == "applied", record
+    assert record["delivered"]["instance_id"] == xl_uuid("vm3"), record
+    assert "cloud_init" not in (record.get("report") or {}), record
+    machine_ids = {need(xen, vm, 1, "machine-id") for vm in ("vm1", "vm2", "vm3")}
+    assert len(machine_ids) == 3, machine_ids
+
+
 # --------------------------------------------------------------------------- virtio
 
 
@@ -356,3 +487,23 @@ def test_virtio_timing(virtio, request):
         request.config,
         [f"  QEMU start -> cloud-init-local done (virtio-serial, no Xen): {local_done:.1f} s"],
     )
+
+
+def test_virtio_guest_is_reached_over_qemu_user_network(virtio):
+    """As far as QEMU alone allows: the guest's NIC (found by its MAC) takes a lease from
+    QEMU's user network, it reports that address and its host keys over the virtio-serial
+    channel, and ssh through QEMU's forwarded port, from inside QEMU's network namespace,
+    with the bundle's key and only the reported host keys trusted, logs in. No ping: the
+    user network does not carry ICMP from outside."""
+    with open(os.path.join(virtio.run_dir, "net", "ready.json")) as f:
+        record = json.load(f)
+    assert record["summary"]["ready"] == "yes", record["summary"]
+    interfaces = {i.get("mac"): i for i in record["report"]["interfaces"]}
+    assert "10.0.2.15/24" in interfaces[boot.VIRTIO_MAC]["addresses"], interfaces
+    with open(os.path.join(virtio.run_dir, "net", "known_hosts")) as f:
+        known = f.read().splitlines()
+    assert known and len(known) == len(record["report"]["host_keys"]), known
+    assert virtio.mark("ssh-ok"), virtio.phases()
+    with open(os.path.join(virtio.run_dir, "net", "ssh.txt")) as f:
+        said = f.read()
+    assert "hostname=e2e-kvm1\n" in said and "status: done" in said, said

@@ -17,7 +17,7 @@ start_agent() {
     [ -n "$cmd" ] || { echo "job: no ExecStart= in $unit (did the dom0_agent role run?)"; return 1; }
     # The unit leaves the socket root to tmpfiles.d; /run is empty at every boot.
     install -d -m 0700 /run/xenchannel
-    (umask 077; exec $cmd >"$R/agent.log" 2>&1) &
+    (umask 077; exec $cmd >>"$R/agent.log" 2>&1) &
     AGENT_PID=$!
     mark agent-started pid="$AGENT_PID"
 }
@@ -330,4 +330,143 @@ collect() {
         2>"$R/agent-status-$tag.err"
     rm -rf "$R/agent-state-$tag"
     cp -r /var/lib/xenchannel/state "$R/agent-state-$tag" 2>/dev/null
+}
+
+# --------------------------------------------------------------------------- network
+
+# dom0's side of the clones' network, as an operator sets up a Xen host: xenbr0 carries
+# the static addresses (dom0 192.0.2.1), xenbr1 the DHCP ones (dom0 198.51.100.1, dnsmasq
+# serving 198.51.100.100-199, with no router or DNS option so that a clone's default
+# route stays the static one). libxl runs the vif-bridge hotplug script itself
+# (run_hotplug_scripts, xl's default): this dom0 has no udev running for it.
+DHCP_LEASES=/run/xenchannel-e2e-dnsmasq.leases
+net_up() {
+    modprobe bridge 2>/dev/null
+    ip link set lo up
+    ip link add xenbr0 type bridge forward_delay 0 stp_state 0 &&
+        ip addr add 192.0.2.1/24 dev xenbr0 && ip link set xenbr0 up &&
+        ip link add xenbr1 type bridge forward_delay 0 stp_state 0 &&
+        ip addr add 198.51.100.1/24 dev xenbr1 && ip link set xenbr1 up ||
+        { mark net-up-failed reason="ip link could not make the bridges"; return 1; }
+    # dnsmasq-base: no configuration file, no DNS (port 0), leases with each client id.
+    if ! dnsmasq --conf-file=/dev/null --port=0 --interface=xenbr1 --bind-interfaces \
+        --dhcp-range=198.51.100.100,198.51.100.199,255.255.255.0,12h \
+        --dhcp-option=3 --dhcp-option=6 --dhcp-authoritative \
+        --dhcp-leasefile="$DHCP_LEASES" --log-dhcp --log-facility="$R/dnsmasq.log" \
+        --pid-file=/run/xenchannel-e2e-dnsmasq.pid --user=root --group=root; then
+        mark net-up-failed reason="dnsmasq did not start (see $R/dnsmasq.log)"
+        return 1
+    fi
+    mark net-up bridges="xenbr0 xenbr1" dhcp=xenbr1
+}
+
+# The leases dnsmasq handed out (expiry, MAC, address, hostname, client id).
+collect_leases() { cp "$DHCP_LEASES" "$R/dnsmasq.leases" 2>/dev/null; }
+
+# Wait (bounded) until the agent judges the VM ready (its report: applied, every static
+# address up, cloud-init without errors); keep its record as $R/<vm>-boot<N>-ready.json.
+wait_ready() {
+    local vm=$1 limit=$2 end=$(($SECONDS + $2)) ready="" out
+    out="$R/$vm-boot${BOOT[$vm]:-0}-ready.json"
+    skip_if_failed "$vm" agent-ready && return 1
+    while [ $SECONDS -lt $end ]; do
+        python3 -m xenchannel.dom0 status "$vm" --json >"$out" 2>/dev/null
+        ready=$(python3 -c '
+import json, sys
+try:
+    print(json.load(open(sys.argv[1]))["summary"]["ready"])
+except (OSError, ValueError, KeyError, TypeError):
+    print("")' "$out")
+        if [ "$ready" = yes ]; then
+            mark agent-ready vm="$vm" boot="${BOOT[$vm]:-0}"
+            return 0
+        fi
+        if [ "$ready" = failed ]; then
+            mark agent-ready-failed vm="$vm" boot="${BOOT[$vm]:-0}"
+            return 1
+        fi
+        if ! vm_exists "$vm"; then
+            fail_vm "$vm" agent-ready-died "the domain died (see its console)"
+            return 1
+        fi
+        sleep 3
+    done
+    mark agent-ready-timeout vm="$vm" boot="${BOOT[$vm]:-0}" after="${limit}s"
+    return 1
+}
+
+# From dom0, with what the clone reported over its channel (wait_ready's record): ping
+# every IPv4 address it reported, then ssh in at its address with the bundle's key
+# (/root/.ssh/e2e-<vm>, put there by build.py) and strict host key checking against a
+# known_hosts made of the reported host keys only, and run the clone's own account of
+# itself. Results in $R/<vm>-boot<N>-net/.
+net_check() {
+    local vm=$1 user=$2 dir addr a rc
+    dir="$R/$vm-boot${BOOT[$vm]:-0}-net"
+    skip_if_failed "$vm" net-check && return 1
+    mkdir -p "$dir"
+    python3 - "$R/$vm-boot${BOOT[$vm]:-0}-ready.json" "$dir" <<'PY'
+import json, sys
+record = json.load(open(sys.argv[1]))
+report, address = record.get("report") or {}, record["summary"]["address"]
+with open(sys.argv[2] + "/address", "w") as f:
+    f.write(address + "\n")
+with open(sys.argv[2] + "/known_hosts", "w") as f:
+    for key in report.get("host_keys") or []:
+        f.write(f"{address} {key}\n")
+with open(sys.argv[2] + "/ipv4", "w") as f:
+    for interface in report.get("interfaces") or []:
+        for a in interface.get("addresses") or []:
+            if ":" not in a and not a.startswith("127."):
+                f.write(a.split("/")[0] + "\n")
+PY
+    addr=$(cat "$dir/address")
+    for a in $(cat "$dir/ipv4"); do
+        if ping -c 2 -W 10 "$a" >"$dir/ping-$a.txt" 2>&1; then
+            mark ping-ok vm="$vm" boot="${BOOT[$vm]:-0}" address="$a"
+        else
+            mark ping-failed vm="$vm" boot="${BOOT[$vm]:-0}" address="$a"
+        fi
+    done
+    # The guest's own account: hostname, machine-id, and cloud-init's status where it
+    # ran, else the in-guest agent's (it has no status command: its unit's state and
+    # the instance it recorded).
+    timeout 120 ssh -i "/root/.ssh/e2e-$vm" -o BatchMode=yes -o StrictHostKeyChecking=yes \
+        -o UserKnownHostsFile="$dir/known_hosts" -o GlobalKnownHostsFile=/dev/null \
+        -o ConnectTimeout=60 "$user@$addr" \
+        'echo "hostname=$(hostname)"; echo "machine-id=$(cat /etc/machine-id)";
+         if command -v cloud-init >/dev/null; then cloud-init status --long;
+         else echo "agent=$(systemctl is-active xenchannel-guest-agent.service)";
+              cat /var/lib/xenchannel/applied.json 2>/dev/null; fi' \
+        >"$dir/ssh.txt" 2>"$dir/ssh.err"
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        mark ssh-ok vm="$vm" boot="${BOOT[$vm]:-0}" address="$addr"
+    else
+        mark ssh-failed vm="$vm" boot="${BOOT[$vm]:-0}" address="$addr" rc=$rc
+    fi
+    cat "$dir/ssh.txt" "$dir/ssh.err"
+}
+
+# The guide's flow (docs/guide-provisioning.md, "Reaching a new VM without trusting on
+# first use"), run by ansible-playbook in dom0 for one VM: channel_status wait_for
+# ready, known_hosts from the reported keys, add_host at the reported address with
+# StrictHostKeyChecking=yes, then a play over SSH.
+guide_flow() {
+    local vm=$1 user=$2 dir
+    dir="$R/$vm-boot${BOOT[$vm]:-0}-guide"
+    skip_if_failed "$vm" guide-flow && return 1
+    mkdir -p "$dir"
+    cp /etc/xenchannel-e2e/guide-flow.yml "$dir/guide-flow.yml"
+    mark guide-flow-start vm="$vm" boot="${BOOT[$vm]:-0}"
+    if HOME=/root ANSIBLE_NOCOLOR=1 ANSIBLE_LOCAL_TEMP=/tmp/ansible-local \
+        ANSIBLE_COLLECTIONS_PATH=/usr/share/ansible/collections \
+        timeout 900 ansible-playbook -i localhost, -c local "$dir/guide-flow.yml" \
+        -e "vm=$vm" -e "vm_user=$user" -e "ssh_key=/root/.ssh/e2e-$vm" \
+        >"$dir/ansible.log" 2>&1; then
+        mark guide-flow-done vm="$vm" boot="${BOOT[$vm]:-0}"
+    else
+        mark guide-flow-failed vm="$vm" boot="${BOOT[$vm]:-0}" rc=$?
+    fi
+    tail -n 40 "$dir/ansible.log"
 }
