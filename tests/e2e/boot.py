@@ -108,7 +108,6 @@ net_check vm3 root
 collect vm3-boot1
 shutdown_vm vm3 300
 snapshot vm3
-collect_leases
 """
 # The disks the job's VMs use, in the order they appear in dom0 (vdc, vdd, vde; the
 # cidata ISO is vdf); then the clones of the template without cloud-init (vdg).

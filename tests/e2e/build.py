@@ -34,14 +34,19 @@ initrds    two small busybox initramfs images that load the block driver and ext
            the guest (a Xen PV disk).
 guestprov  the guest root with the collection's template playbook applied through a chroot
            connection (guest + cloud_init_datasource roles, then template_prep).
+agentprov  the guest root with cloud-init purged and the same template playbook applied:
+           a template without cloud-init, whose in-guest agent applies the bundle.
 guestimage guestprov packed into an ext4 image with mke2fs -d (no loop mount), plus the
            harness's probe (files/guest-report, run at the guest's shutdown) added with
            debugfs.
+agentimage agentprov packed the same way.
 dom0prov   the dom0 root with the dom0_agent role and the domain role for each VM of
            files/dom0-vars.json applied the same way (domain_start false: the VMs are
-           created at boot).
-dom0image  dom0prov packed likewise, plus the harness's init and the guest's kernel and
-           initramfs (added with debugfs, so changing them does not rerun the roles).
+           created at boot), an SSH key pair per VM (the public key in its bundle) and
+           this collection in dom0's collections path (for the guide's flow).
+dom0image  dom0prov packed likewise, plus the harness's init, the guide's flow and the
+           guest's kernel and initramfs (added with debugfs, so changing them does not
+           rerun the roles).
 """
 
 import argparse

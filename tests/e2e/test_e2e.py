@@ -382,13 +382,41 @@ def test_clone_answers_ping_and_ssh_with_pinned_host_keys(xen, vm, status):
     known = net_file(xen, vm, "known_hosts").splitlines()
     assert known and all(line.startswith(f"{static} ") for line in known), known
     # The keys pinned are the clone's own: what its probe listed from /etc/ssh at shutdown.
+    # They came with its STATUS, or (vm3, see below) from a report query over the channel.
+    pinned = [line.split(" ", 1)[1] for line in known]
+    if net_file(xen, vm, "keys-source").strip() == "status":
+        assert pinned == report["host_keys"], (pinned, report)
     probe_keys = {line.split()[1] for line in need(xen, vm, 1, "ssh-host-keys.txt").splitlines()}
-    assert fingerprints(report["host_keys"]) == probe_keys, (report["host_keys"], probe_keys)
+    assert fingerprints(pinned) == probe_keys, (pinned, probe_keys)
     assert xen.mark("ssh-ok", vm, 1), (net_file(xen, vm, "ssh.err"), xen.phases())
     said = net_file(xen, vm, "ssh.txt")
     assert f"hostname=e2e-{vm}\n" in said, said
     assert status in said, said
     assert f"machine-id={need(xen, vm, 1, 'machine-id').strip()}\n" in said, said
+
+
+@pytest.mark.parametrize(
+    "vm",
+    [
+        "vm1",
+        "vm2",
+        pytest.param(
+            "vm3",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="without cloud-init the in-guest agent sends its STATUS report once "
+                "the static addresses are up, before xenchannel-ssh-host-keys.service has "
+                "made the clone's host keys (net_check then pins those of a report query)",
+            ),
+        ),
+    ],
+)
+def test_status_report_carries_the_host_keys(xen, vm):
+    """The report the clone sent with its STATUS (what channel_status wait_for=ready
+    returns) holds its host keys: the ones its probe listed from /etc/ssh."""
+    keys = reported(xen, vm)["report"]["host_keys"]
+    probe_keys = {line.split()[1] for line in need(xen, vm, 1, "ssh-host-keys.txt").splitlines()}
+    assert keys and fingerprints(keys) == probe_keys, (keys, probe_keys)
 
 
 def test_multi_nic_clone_has_both_addresses(xen):
@@ -410,14 +438,16 @@ def test_clones_differ_in_machine_id_host_keys_and_dhcp_client_id(xen):
     assert ids["vm1"] and ids["vm2"] and ids["vm1"] != ids["vm2"], ids
     keys = {vm: set(reported(xen, vm)["report"]["host_keys"]) for vm in ("vm1", "vm2")}
     assert keys["vm1"] and keys["vm2"] and not keys["vm1"] & keys["vm2"], keys
-    # dnsmasq's lease file: expiry, MAC, address, hostname, client id.
-    leases = {}
-    for line in result_file(xen, "dnsmasq.leases").splitlines():
-        fields = line.split()
-        if len(fields) >= 5:
-            leases[fields[1]] = fields[4]
-    client = {vm: leases.get(vif_macs(vm)[1]) for vm in ("vm1", "vm2")}
-    assert all(c and c != "*" for c in client.values()), (client, leases)
+    # dnsmasq's lease file while each clone was up: expiry, MAC, address, hostname, id.
+    client = {}
+    for vm in ("vm1", "vm2"):
+        leases = {}
+        for line in net_file(xen, vm, "dnsmasq.leases").splitlines():
+            fields = line.split()
+            if len(fields) >= 5:
+                leases[fields[1]] = fields[4]
+        client[vm] = leases.get(vif_macs(vm)[1])
+        assert client[vm] and client[vm] != "*", (vm, leases)
     assert client["vm1"] != client["vm2"], client
 
 

@@ -343,11 +343,13 @@ DHCP_LEASES=/run/xenchannel-e2e-dnsmasq.leases
 net_up() {
     modprobe bridge 2>/dev/null
     ip link set lo up
-    ip link add xenbr0 type bridge forward_delay 0 stp_state 0 &&
+    if ! { ip link add xenbr0 type bridge forward_delay 0 stp_state 0 &&
         ip addr add 192.0.2.1/24 dev xenbr0 && ip link set xenbr0 up &&
         ip link add xenbr1 type bridge forward_delay 0 stp_state 0 &&
-        ip addr add 198.51.100.1/24 dev xenbr1 && ip link set xenbr1 up ||
-        { mark net-up-failed reason="ip link could not make the bridges"; return 1; }
+        ip addr add 198.51.100.1/24 dev xenbr1 && ip link set xenbr1 up; }; then
+        mark net-up-failed reason="ip link could not make the bridges"
+        return 1
+    fi
     # dnsmasq-base: no configuration file, no DNS (port 0), leases with each client id.
     if ! dnsmasq --conf-file=/dev/null --port=0 --interface=xenbr1 --bind-interfaces \
         --dhcp-range=198.51.100.100,198.51.100.199,255.255.255.0,12h \
@@ -360,13 +362,11 @@ net_up() {
     mark net-up bridges="xenbr0 xenbr1" dhcp=xenbr1
 }
 
-# The leases dnsmasq handed out (expiry, MAC, address, hostname, client id).
-collect_leases() { cp "$DHCP_LEASES" "$R/dnsmasq.leases" 2>/dev/null; }
 
 # Wait (bounded) until the agent judges the VM ready (its report: applied, every static
 # address up, cloud-init without errors); keep its record as $R/<vm>-boot<N>-ready.json.
 wait_ready() {
-    local vm=$1 limit=$2 end=$(($SECONDS + $2)) ready="" out
+    local vm=$1 limit=$2 end=$((SECONDS + $2)) ready="" out
     out="$R/$vm-boot${BOOT[$vm]:-0}-ready.json"
     skip_if_failed "$vm" agent-ready && return 1
     while [ $SECONDS -lt $end ]; do
@@ -395,6 +395,45 @@ except (OSError, ValueError, KeyError, TypeError):
     return 1
 }
 
+# The address to reach a clone at, its IPv4 addresses and a known_hosts of the host keys
+# it reported, into DIR: from the agent's status record (wait_ready's), or with "query"
+# from a report query's answer.
+net_facts() {
+    python3 - "$@" <<'PY'
+import json, sys
+path, out = sys.argv[1], sys.argv[2]
+source = sys.argv[3] if len(sys.argv) > 3 else "status"
+with open(path) as f:
+    record = json.load(f)
+report = record.get("report") or {}
+if source == "status":
+    with open(out + "/address", "w") as f:
+        f.write(record["summary"]["address"] + "\n")
+    with open(out + "/ipv4", "w") as f:
+        for interface in report.get("interfaces") or []:
+            for a in interface.get("addresses") or []:
+                if ":" not in a and not a.startswith("127."):
+                    f.write(a.split("/")[0] + "\n")
+with open(out + "/address") as f:
+    address = f.read().strip()
+with open(out + "/known_hosts", "w") as f:
+    for key in report.get("host_keys") or []:
+        f.write(f"{address} {key}\n")
+with open(out + "/keys-source", "w") as f:
+    f.write(source + "\n")
+PY
+}
+
+# Wait (bounded) until ADDRESS accepts TCP connections on PORT.
+wait_port() {
+    local end=$((SECONDS + $3))
+    while [ $SECONDS -lt $end ]; do
+        timeout 5 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null && return 0
+        sleep 2
+    done
+    return 1
+}
+
 # From dom0, with what the clone reported over its channel (wait_ready's record): ping
 # every IPv4 address it reported, then ssh in at its address with the bundle's key
 # (/root/.ssh/e2e-<vm>, put there by build.py) and strict host key checking against a
@@ -405,32 +444,32 @@ net_check() {
     dir="$R/$vm-boot${BOOT[$vm]:-0}-net"
     skip_if_failed "$vm" net-check && return 1
     mkdir -p "$dir"
-    python3 - "$R/$vm-boot${BOOT[$vm]:-0}-ready.json" "$dir" <<'PY'
-import json, sys
-record = json.load(open(sys.argv[1]))
-report, address = record.get("report") or {}, record["summary"]["address"]
-with open(sys.argv[2] + "/address", "w") as f:
-    f.write(address + "\n")
-with open(sys.argv[2] + "/known_hosts", "w") as f:
-    for key in report.get("host_keys") or []:
-        f.write(f"{address} {key}\n")
-with open(sys.argv[2] + "/ipv4", "w") as f:
-    for interface in report.get("interfaces") or []:
-        for a in interface.get("addresses") or []:
-            if ":" not in a and not a.startswith("127."):
-                f.write(a.split("/")[0] + "\n")
-PY
+    net_facts "$R/$vm-boot${BOOT[$vm]:-0}-ready.json" "$dir" || return 1
+    # dnsmasq's leases (expiry, MAC, address, hostname, client id) while the clone holds
+    # its own: dhcpcd releases it at shutdown, and dnsmasq then drops the line.
+    cp "$DHCP_LEASES" "$dir/dnsmasq.leases" 2>/dev/null
     addr=$(cat "$dir/address")
-    for a in $(cat "$dir/ipv4"); do
+    if [ ! -s "$dir/known_hosts" ]; then
+        # The report the clone sent with its STATUS had no host keys: it was sent before
+        # the clone made them. Once sshd listens (its keys exist then), ask the in-guest
+        # agent for its report now, over the channel, and pin the keys it gives.
+        mark host-keys-not-reported vm="$vm" boot="${BOOT[$vm]:-0}"
+        wait_port "$addr" 22 180
+        timeout 60 python3 -m xenchannel.dom0 query "$vm" --what report --timeout 20 \
+            >"$dir/query.json" 2>"$dir/query.err"
+        net_facts "$dir/query.json" "$dir" query || return 1
+    fi
+    while read -r a; do
         if ping -c 2 -W 10 "$a" >"$dir/ping-$a.txt" 2>&1; then
             mark ping-ok vm="$vm" boot="${BOOT[$vm]:-0}" address="$a"
         else
             mark ping-failed vm="$vm" boot="${BOOT[$vm]:-0}" address="$a"
         fi
-    done
+    done <"$dir/ipv4"
     # The guest's own account: hostname, machine-id, and cloud-init's status where it
     # ran, else the in-guest agent's (it has no status command: its unit's state and
-    # the instance it recorded).
+    # the instance it recorded). Expanded in the clone, not here:
+    # shellcheck disable=SC2016
     timeout 120 ssh -i "/root/.ssh/e2e-$vm" -o BatchMode=yes -o StrictHostKeyChecking=yes \
         -o UserKnownHostsFile="$dir/known_hosts" -o GlobalKnownHostsFile=/dev/null \
         -o ConnectTimeout=60 "$user@$addr" \
@@ -458,10 +497,14 @@ guide_flow() {
     skip_if_failed "$vm" guide-flow && return 1
     mkdir -p "$dir"
     cp /etc/xenchannel-e2e/guide-flow.yml "$dir/guide-flow.yml"
+    # dom0 itself by a local connection; not `-c local`, which would hold for the hosts
+    # add_host adds too, and run the play "over SSH" in dom0.
+    echo "localhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3" \
+        >"$dir/inventory"
     mark guide-flow-start vm="$vm" boot="${BOOT[$vm]:-0}"
     if HOME=/root ANSIBLE_NOCOLOR=1 ANSIBLE_LOCAL_TEMP=/tmp/ansible-local \
         ANSIBLE_COLLECTIONS_PATH=/usr/share/ansible/collections \
-        timeout 900 ansible-playbook -i localhost, -c local "$dir/guide-flow.yml" \
+        timeout 600 ansible-playbook -i "$dir/inventory" "$dir/guide-flow.yml" \
         -e "vm=$vm" -e "vm_user=$user" -e "ssh_key=/root/.ssh/e2e-$vm" \
         >"$dir/ansible.log" 2>&1; then
         mark guide-flow-done vm="$vm" boot="${BOOT[$vm]:-0}"
