@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Dict, List
 
@@ -261,6 +262,25 @@ def test_wait_is_bounded_and_says_what_is_missing() -> None:
     )
     assert missing == ["192.0.2.11"]
     assert 0.3 <= time.monotonic() - start < 10
+
+
+def test_host_keys_are_waited_for_where_sshd_is_installed(tmp_path: Any) -> None:
+    """A first boot makes the host keys while the network comes up: the report waits for
+    them (bounded) where sshd is installed, and not at all where it is not."""
+    root = str(tmp_path)
+    assert report.wait_for_host_keys(root, 30.0) is True  # no sshd: nothing to wait for
+    write(f"{root}/usr/sbin/sshd", "#!/bin/sh\n", 0o755)
+    start = time.monotonic()
+    assert report.wait_for_host_keys(root, 0.3) is False  # bounded: no key ever came
+    assert time.monotonic() - start < 10
+    pub = f"{root}/etc/ssh/ssh_host_ed25519_key.pub"
+    timer = threading.Timer(0.3, write, (pub, ED25519 + " root@clone\n"))
+    timer.start()
+    try:
+        assert report.wait_for_host_keys(root, 30.0) is True
+    finally:
+        timer.join()
+    assert report.host_keys(root) == [ED25519]
 
 
 def test_wait_for_nothing_does_not_wait() -> None:

@@ -444,8 +444,17 @@ class Agent:
         return state == "applied"
 
     def _wait_for_addresses(self) -> None:
+        """The static addresses, then the SSH host keys, within one --address-wait."""
+        deadline = time.monotonic() + self.args.address_wait
         with self.stopper.interruptible():
             facts.wait_and_log(self.wanted_addresses, self.args.address_wait)
+            left = max(0.0, deadline - time.monotonic())
+            if not facts.wait_for_host_keys(self.root, left):
+                LOG.warning(
+                    "ssh: no host key after %g s; reporting without (dom0 can ask again "
+                    "with a 'report' query)",
+                    self.args.address_wait,
+                )
 
     def report(self) -> Report:
         """What the clone is now (``report.collect``), with cloud-init's result: from

@@ -433,6 +433,25 @@ def wait_for_addresses(
         time.sleep(min(interval, remaining))
 
 
+SSHD = "/usr/sbin/sshd"
+
+
+def wait_for_host_keys(root: str, timeout: float, interval: float = 0.25) -> bool:
+    """Where sshd is installed, wait at most ``timeout`` seconds until the clone has a
+    host public key: on a first boot they are made while the network comes up (by
+    cloud-init, or xenchannel-ssh-host-keys.service), and a report without them leaves
+    dom0 nothing to pin.  True when there are keys or no sshd; never raises."""
+    if not os.path.exists(_under(root, SSHD)):
+        return True
+    deadline = time.monotonic() + timeout
+    while not host_keys(root):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(interval, remaining))
+    return True
+
+
 def wait_and_log(wanted: Sequence[str], timeout: float) -> List[str]:
     """``wait_for_addresses`` with the log lines of both reporters; nothing to wait for
     (no static address, no time) returns at once."""
