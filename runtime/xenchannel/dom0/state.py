@@ -254,7 +254,7 @@ def primary_address(report: Dict[str, Any]) -> Optional[str]:
     """The address to reach the clone at: the first static address of its network-config
     that is up, else the first reported address that is not link-local."""
     addresses = [
-        str(a).split("/")[0]
+        str(a).split("/", maxsplit=1)[0]
         for interface in report.get("interfaces") or []
         if isinstance(interface, dict)
         for a in interface.get("addresses") or []
