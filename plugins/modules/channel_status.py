@@ -277,14 +277,10 @@ class ChannelStatus:
         delivered = current and summary["delivered"] == "yes"
         if self.wait_for == "delivered":
             return delivered, None
-        status = record.get("status") or {}
-        # A report about this delivery, not an earlier one: it came after the ack.
-        fresh = (
-            delivered
-            and status.get("instance_id") == entry.instance_id
-            and not status.get("mismatch")
-            and str(status.get("at") or "") >= str((record.get("delivered") or {}).get("at"))
-        )
+        # A report about this delivery, not an earlier one (the agent's rule); delivered
+        # already holds the agent's bundle to the store's, so its instance-id too.
+        status = (self.rt.state.current_status(record) if delivered else None) or {}
+        fresh = bool(status)
         if fresh and status.get("state") == "failed":
             reason = status.get("reason") or "no reason given"
             return False, (

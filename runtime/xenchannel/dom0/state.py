@@ -193,6 +193,21 @@ def _nested(state: Dict[str, Any], key: str) -> Dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def current_status(state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The guest's last STATUS if it is about the bundle the agent holds: for its
+    instance-id, without a mismatch, and sent after that bundle's delivery; else None
+    (not reported yet, or a report of an earlier delivery)."""
+    bundle, status, delivered = (_nested(state, k) for k in ("bundle", "status", "delivered"))
+    if not bundle.get("sha256") or delivered.get("sha256") != bundle.get("sha256"):
+        return None
+    fresh = (
+        status.get("instance_id") == bundle.get("instance_id")
+        and not status.get("mismatch")
+        and str(status.get("at") or "") >= str(delivered.get("at") or "")
+    )
+    return status if fresh else None
+
+
 def readiness(state: Dict[str, Any]) -> Tuple[str, str]:
     """(word, why): whether the clone is ready to be used, and a sentence saying why not.
 
@@ -202,17 +217,12 @@ def readiness(state: Dict[str, Any]) -> Tuple[str, str]:
     until the guest is fixed and reports again.  "no": it has not reported on that bundle
     yet, or it cannot (a guest runtime older than reports).
     """
-    bundle, status, report = (_nested(state, k) for k in ("bundle", "status", "report"))
-    delivered = _nested(state, "delivered")
+    bundle, delivered, report = (_nested(state, k) for k in ("bundle", "delivered", "report"))
     instance_id = bundle.get("instance_id")
     if not bundle.get("sha256") or delivered.get("sha256") != bundle.get("sha256"):
         return "no", "the guest has not acknowledged the current bundle yet"
-    fresh = (
-        status.get("instance_id") == instance_id
-        and not status.get("mismatch")
-        and str(status.get("at") or "") >= str(delivered.get("at") or "")
-    )
-    if not fresh:
+    status = current_status(state)
+    if status is None:
         return "no", f"the guest has not reported on instance-id {instance_id} yet"
     if status.get("state") == "failed":
         return "failed", "applying failed: " + str(status.get("reason") or "no reason given")
