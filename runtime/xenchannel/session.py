@@ -650,6 +650,8 @@ MAX_INTERFACE_NAME = 64
 MAX_ADDRESSES = 32
 MAX_HOST_KEYS = 8
 MAX_HOST_KEY = 4096
+# How long a guest may say it keeps waiting for what its report lacks ("settling").
+MAX_SETTLING = 3600
 # The public key types OpenSSH writes as ssh_host_*_key.pub; the base64 blob starts with
 # the same type name, which parse() checks, so a line is a public key, not any text.
 HOST_KEY_TYPES = (
@@ -735,7 +737,12 @@ class Interface(Body):
 class Report(Body):
     """guest: what the clone is once applying finished (sent inside STATUS): cloud-init's
     result where cloud-init applied, hostname, interfaces, SSH host public keys.  Only
-    public facts: no key material but public keys, no user-data."""
+    public facts: no key material but public keys, no user-data.
+
+    ``settling`` (seconds): the clone still lacks a static address or its host keys and
+    keeps watching this long; it sends STATUS again when they are there or it stops
+    waiting.  Absent: the report is final.
+    """
 
     __slots__ = (
         "cloud_init",
@@ -744,6 +751,7 @@ class Report(Body):
         "hostname",
         "interfaces",
         "recoverable_errors",
+        "settling",
     )
 
     def __init__(
@@ -755,6 +763,7 @@ class Report(Body):
         cloud_init: Optional[str] = None,
         errors: Sequence[str] = (),
         recoverable_errors: Sequence[str] = (),
+        settling: Optional[int] = None,
     ) -> None:
         self.hostname = hostname
         self.interfaces = list(interfaces)
@@ -762,6 +771,7 @@ class Report(Body):
         self.cloud_init = cloud_init
         self.errors = list(errors)
         self.recoverable_errors = list(recoverable_errors)
+        self.settling = settling
 
     def body(self) -> Dict[str, Any]:
         body = {
@@ -779,6 +789,8 @@ class Report(Body):
             body["recoverable_errors"] = [
                 e[:MAX_REPORT_ERROR] for e in self.recoverable_errors[:MAX_REPORT_ERRORS]
             ]
+        if self.settling:
+            body["settling"] = min(int(self.settling), MAX_SETTLING)
         return body
 
     @classmethod
@@ -801,6 +813,13 @@ class Report(Body):
             if key is None:
                 raise BadMessage("report host_keys must be OpenSSH public key lines")
             keys.append(key)
+        settling = body.get("settling")
+        if settling is not None and (
+            isinstance(settling, bool)
+            or not isinstance(settling, int)
+            or not 0 < settling <= MAX_SETTLING
+        ):
+            raise BadMessage(f"report settling must be whole seconds from 1 to {MAX_SETTLING}")
         bound = (MAX_REPORT_ERRORS, MAX_REPORT_ERROR)
         return cls(
             None if hostname is None else hostname[:MAX_HOSTNAME],
@@ -811,6 +830,7 @@ class Report(Body):
             recoverable_errors=_bounded_strings(
                 body.get("recoverable_errors"), "recoverable_errors", *bound
             ),
+            settling=settling,
         )
 
     def addresses(self) -> List[str]:

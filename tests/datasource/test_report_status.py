@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterator, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 
@@ -216,7 +216,9 @@ def test_waits_for_the_static_addresses_then_reports_them(host, tmp_path) -> Non
     )
     start = time.monotonic()
     rc, out = run(
-        root, "--address-wait", "3", prefix=["unshare", "--net", "--", "sh", "-c", setup, "sh"]
+        root,
+        *("--address-wait", "3", "--settle-wait", "0"),
+        prefix=["unshare", "--net", "--", "sh", "-c", setup, "sh"],
     )
     assert rc == 0, out
     assert "network: not up after 3 s: 192.0.2.99; reporting anyway" in out, out
@@ -224,3 +226,55 @@ def test_waits_for_the_static_addresses_then_reports_them(host, tmp_path) -> Non
     veth0 = recorder.wait_status()[1]["interfaces"][0]
     assert veth0["name"] == "veth0"
     assert {"192.0.2.10/24", "2001:db8::10/64"} <= set(veth0["addresses"]), veth0
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("comes_up", [True, False], ids=["late", "never"])
+def test_a_report_without_an_address_is_settling_then_reported_once_more(
+    host, tmp_path, comes_up: bool
+) -> None:
+    """The address comes up only when the test says so ($GO), after the first report:
+    that one says "settling" and dom0 holds it as not ready yet; the script watches and
+    reports again, with the address, or at --settle-wait without it, as final."""
+    link, recorder = host
+    v1 = {"datasource": XENCHANNEL, "errors": []}
+    root = with_guest_facts(guest_root(tmp_path, link, v1, addresses=["192.0.2.10"]), "veth0")
+    go = os.path.join(root, "go")
+    setup = (
+        "set -e; ip link add veth0 type veth peer name veth1; ip link set veth0 up; "
+        "ip link set veth1 up; "
+        '(for i in $(seq 600); do [ -e "$GO" ] && break; sleep 0.1; done; '
+        '[ -e "$GO" ] && ip addr add 192.0.2.10/24 dev veth0) >/dev/null 2>&1 & exec "$@"'
+    )
+    settle = "30" if comes_up else "2"
+    argv = [sys.executable, SCRIPT, "--root", root, "--timeout", "3"]
+    argv += ["--address-wait", "0.5", "--settle-wait", settle]
+    script = subprocess.Popen(
+        ["unshare", "--net", "--", "sh", "-c", setup, "sh", *argv],
+        env=dict(runtime_env(), GO=go), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        first = recorder.stack.wait_state("vm1", lambda s: bool(s.get("report")), timeout=30)
+        assert first["report"]["settling"] == int(settle)
+        assert "192.0.2.10/24" not in addresses(first["report"])
+        if comes_up:
+            write(go, "")
+        final = recorder.stack.wait_state(
+            "vm1", lambda s: not (s.get("report") or {}).get("settling"), timeout=40
+        )
+        out = script.communicate(timeout=40)[0]
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.communicate()
+        write(go, "")  # ends the background loop in every case
+    assert script.returncode == 0, out
+    assert final["status"]["state"] == "applied"
+    assert ("192.0.2.10/24" in addresses(final["report"])) is comes_up, final["report"]
+    if not comes_up:
+        assert "still without 192.0.2.10 after 2 s; reporting so" in out, out
+
+
+def addresses(report: Dict[str, Any]) -> List[str]:
+    return [a for i in report["interfaces"] for a in i["addresses"]]

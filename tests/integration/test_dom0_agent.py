@@ -1547,6 +1547,20 @@ def test_cloud_init_errors_and_failed_status_are_not_ready() -> None:
     assert state.readiness(dict(base, status=older, report=report))[0] == "no"
     other = dict(base, bundle=dict(base["bundle"], instance_id="iid-2"))
     assert "has not reported on instance-id iid-2" in state.readiness(other)[1]
+    # A guest still waiting for an address is "not yet", and says until when; the same
+    # gap in a final report is a failure that names the fix.
+    waiting = dict(report, missing=["10.0.0.6"], settling=120)
+    assert state.readiness(dict(base, report=waiting)) == (
+        "no",
+        "the guest is still waiting for the static address(es) 10.0.0.6 (it has enX0 "
+        "00:16:3e:00:00:01 10.0.0.5/24; enX1 00:16:3e:00:00:02 192.168.7.9/24) and reports "
+        "again by 2026-01-01T00:02:01Z",
+    )
+    keyless = dict(report, host_keys=[], settling=60)
+    assert "waiting for its SSH host keys" in state.readiness(dict(base, report=keyless))[1]
+    final = dict(report, missing=["10.0.0.6"])
+    word, why = state.readiness(dict(base, report=final))
+    assert word == "failed" and "match the clone's interfaces by MAC" in why
 
 
 def test_status_cli_table_and_json(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

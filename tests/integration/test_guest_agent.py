@@ -705,6 +705,73 @@ def test_applied_is_reported_with_the_report_once_the_addresses_are_up(
     assert "SECRET" not in json.dumps(state)
 
 
+# The same network, its IPv4 address added only once the file $GO exists (bounded): the
+# test decides when the address comes up, so no sleep races the agent's start.
+LATE_NETWORK_SETUP = (
+    "set -e; hostname template-live; ip link set lo up; "
+    "ip link add eth0 type veth peer name peer0; ip link set eth0 up; ip link set peer0 up; "
+    "ip addr add 2001:db8::10/64 dev eth0 nodad; "
+    '(for i in $(seq 600); do [ -e "$GO" ] && break; sleep 0.1; done; '
+    '[ -e "$GO" ] && ip addr add 192.0.2.10/24 dev eth0) & exec "$@"'
+)
+
+
+@pytest.mark.parametrize("comes_up", [True, False], ids=["late", "never"])
+def test_an_address_late_or_never_is_reported_settling_then_once_more(
+    tmp_path: Any, comes_up: bool
+) -> None:
+    """Past --address-wait the agent reports what it has as "settling" (dom0: not ready
+    yet, and until when), keeps answering queries while it watches, and reports again:
+    ready once the address is up, or at --settle-wait the final report dom0 judges failed
+    with the sentence that names the fix."""
+    root = make_root(tmp_path)
+    go = str(tmp_path / "go")
+    own = Stack()
+    agent = None
+    try:
+        domain = own.add_domain("ga-settle", bundle("iid-settle"))
+        own.start_agent()
+        settle = "30" if comes_up else "2"
+        argv = agent_argv(
+            domain.link, root, "--once", "--address-wait", "0.5", "--settle-wait", settle
+        )
+        agent = subprocess.Popen(
+            ["unshare", "--mount", "--uts", "--net", "--ipc", "--pid", "--fork",
+             "--kill-child", "--", "sh", "-c", LATE_NETWORK_SETUP, "sh", *argv],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=dict(runtime_env(), GO=go),
+        )  # fmt: skip
+        first = own.wait_state("ga-settle", lambda s: bool(s.get("report")), timeout=30)
+        assert first["report"]["settling"] == int(settle)
+        assert first["report"]["missing"] == ["192.0.2.10"]
+        word, why = readiness(first)
+        assert word == "no", why
+        assert "still waiting for the static address(es) 192.0.2.10" in why
+        if comes_up:
+            write(go, "")
+        final = own.wait_state(
+            "ga-settle",
+            lambda s: not (s.get("report") or {}).get("settling"),
+            timeout=40,
+        )
+        _, log = agent.communicate(timeout=30)
+        agent = None
+    finally:
+        if agent is not None:
+            agent.kill()
+            agent.communicate()
+        own.close()
+    assert final["status"]["state"] == "applied"
+    if comes_up:
+        assert "report: complete after" in log, log
+        assert final["report"]["missing"] == []
+        assert readiness(final) == ("yes", "ready")
+    else:
+        assert "report: still without 192.0.2.10 after 2 s; reporting so" in log, log
+        word, why = readiness(final)
+        assert word == "failed" and "match the clone's interfaces by MAC" in why, why
+
+
 # ---------------------------------------------------------------- deployment shapes
 
 

@@ -60,6 +60,7 @@ EXAMPLES: List[Message] = [
             recoverable_errors=["WARNING: a deprecated key"],
         ),
     ),
+    Status("s" * 32, "applied", instance_id="iid-1", report=Report("web1", settling=120)),
     StatusAck(),
     Query(["version", "hostname"]),
     QueryReply({"version": "0.1.0", "hostname": None}),
@@ -117,6 +118,10 @@ def test_every_class_has_an_example() -> None:
         # A known type word before a blob of another type is not that key.
         (Report, {"host_keys": ["ssh-rsa " + ED25519.split()[1]]}, "public key lines"),
         (Report, {"host_keys": ["ssh-ed25519 !!notbase64"]}, "public key lines"),
+        (Report, {"settling": 0}, "settling must be whole seconds from 1 to 3600"),
+        (Report, {"settling": 3601}, "settling must be whole seconds from 1 to 3600"),
+        (Report, {"settling": 1.5}, "settling must be whole seconds"),
+        (Report, {"settling": True}, "settling must be whole seconds"),
         (BundleBegin, {"size": 1}, "BUNDLE_BEGIN lacks size"),
         (BundleBegin, {"size": 10, "chunk_size": 4, "chunks": 2, "sha256": "x"}, "inconsistent"),
     ],

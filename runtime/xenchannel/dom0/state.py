@@ -11,7 +11,8 @@ One JSON file per domain, ``<state_dir>/<domain>.json``, mode 0600, replaced ato
      "status": {"at", "state", "reason", "instance_id", "mismatch"},
      "report": {"at", "instance_id", "hostname", "cloud_init", "errors",
                 "recoverable_errors", "interfaces": [{"name", "mac", "addresses"}],
-                "host_keys", "missing"},   what the clone is, sent with its last STATUS
+                "host_keys", "settling", "missing"},   what the clone is, sent with
+                                                   its last STATUS
      "last_error": {"at", "message"},
      "updated_at": "...Z"}
 
@@ -215,7 +216,8 @@ def readiness(state: Dict[str, Any]) -> Tuple[str, str]:
     cloud-init (where it ran) without errors, and every static address of the bundle's
     network-config up.  "failed": it reported otherwise for that bundle; nothing changes
     until the guest is fixed and reports again.  "no": it has not reported on that bundle
-    yet, or it cannot (a guest runtime older than reports).
+    yet, it said it is still waiting for an address or its host keys (``settling``: it
+    reports again), or it cannot (a guest runtime older than reports).
     """
     bundle, delivered, report = (_nested(state, k) for k in ("bundle", "delivered", "report"))
     instance_id = bundle.get("instance_id")
@@ -237,6 +239,18 @@ def readiness(state: Dict[str, Any]) -> Tuple[str, str]:
         errors = "; ".join(str(e) for e in report.get("errors") or []) or "no errors listed"
         return "failed", "cloud-init finished with errors: " + errors
     missing = report.get("missing") or []
+    settling = report.get("settling")
+    if settling:
+        lacking = (
+            ["the static address(es) " + ", ".join(str(a) for a in missing)] if missing else []
+        )
+        if not report.get("host_keys"):
+            lacking.append("its SSH host keys")
+        return "no", "the guest is still waiting for {} (it has {}) and reports again by {}".format(
+            " and ".join(lacking) or "its network",
+            interfaces_text(report),
+            _later(str(report.get("at") or ""), settling),
+        )
     if missing:
         return "failed", (
             "the guest reported without the static address(es) {} up (it has {}); make "
@@ -245,6 +259,15 @@ def readiness(state: Dict[str, Any]) -> Tuple[str, str]:
             )
         )
     return "yes", "ready"
+
+
+def _later(at: str, seconds: Any) -> str:
+    """``at`` (now_iso) plus ``seconds``, in the same form; the bare count if unreadable."""
+    try:
+        when = datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ")
+        return (when + datetime.timedelta(seconds=float(seconds))).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError, OverflowError):
+        return f"{seconds} s after its report"
 
 
 def interfaces_text(report: Dict[str, Any]) -> str:

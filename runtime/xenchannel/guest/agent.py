@@ -12,8 +12,10 @@ records nothing), record, signal readiness to systemd, run the user script, repo
 ``applied`` or ``failed`` to dom0, then answer queries until stopped.  The same
 instance-id applies nothing and reports ``applied`` ("already applied").  Before
 reporting ``applied`` on a live root it waits (bounded, ``--address-wait``) for the
-bundle's static addresses; every STATUS carries a report of what the clone is
-(``report.py``), which the ``report`` query answers too.
+bundle's static addresses and SSH host keys; if some are still missing it says so
+(the report is "settling"), keeps watching (``--settle-wait``) and reports again.
+Every STATUS carries a report of what the clone is (``report.py``), which the
+``report`` query answers too.
 
 Every path read or written is inside ``--root`` (default ``/``), except the channel
 device, /proc and the hostname syscall.  One log line per step; never key material or
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import pwd
 import shutil
@@ -192,6 +195,10 @@ class Agent:
         self.status: Optional[Dict[str, Any]] = None  # this boot's outcome
         self.beside_cloud_init = False
         self.wanted_addresses: List[str] = []  # the bundle's static ones
+        # Set while the last STATUS said "settling": when to stop watching, and what to
+        # report again (state, reason, instance-id).
+        self.settle_until: Optional[float] = None
+        self.reported: Tuple[str, str, str] = ("", "", "")
 
     # ------------------------------------------------------------------ the run
 
@@ -437,11 +444,58 @@ class Agent:
         if state == "applied":
             # After READY=1, so the network stack is starting meanwhile.
             self._wait_for_addresses()
-        if client.report_status(state, reason or None, instance_id, self.report()):
+        report = self.report()
+        if state == "applied":
+            gaps = facts.lacking(self.root, self.wanted_addresses, report)
+            if gaps and self.args.settle_wait > 0:
+                # A slow network is not a wrong one: say so, keep watching, report again.
+                report.settling = max(1, math.ceil(self.args.settle_wait))
+                self.settle_until = time.monotonic() + self.args.settle_wait
+                self.reported = (state, reason, instance_id)
+                LOG.info(
+                    "report: without %s so far; watching up to %g s more and reporting again",
+                    ", ".join(gaps),
+                    self.args.settle_wait,
+                )
+        if client.report_status(state, reason or None, instance_id, report):
             LOG.info("status: %s reported to dom0", state)
         else:
             LOG.warning("status: dom0 did not acknowledge %s", state)
         return state == "applied"
+
+    def _settle(self, client: GuestClient) -> None:
+        """After a "settling" report: answer queries while watching for what it lacked,
+        then report again, complete or (at ``--settle-wait``) as it is, so that dom0 never
+        waits on a promise.  Bounded by the deadline ``_finish`` set."""
+        if self.settle_until is None:
+            return
+        state, reason, instance_id = self.reported
+        started = time.monotonic()
+        gaps: List[str] = []
+        while not self.stopper.requested:
+            report = self.report()
+            gaps = facts.lacking(self.root, self.wanted_addresses, report)
+            left = self.settle_until - time.monotonic()
+            if not gaps or left <= 0:
+                break
+            client.serve_queries(self.answer, min(1.0, left), self.stopper)
+        else:
+            return  # stopped: the unit is going away, and so is the promise with it
+        self.settle_until = None
+        if gaps:
+            LOG.warning(
+                "report: still without %s after %g s; reporting so",
+                ", ".join(gaps),
+                self.args.settle_wait,
+            )
+        else:
+            LOG.info(
+                "report: complete after %.1f s more; reporting again", time.monotonic() - started
+            )
+        if client.report_status(state, reason or None, instance_id, report):
+            LOG.info("status: %s reported to dom0 again", state)
+        else:
+            LOG.warning("status: dom0 did not acknowledge %s", state)
 
     def _wait_for_addresses(self) -> None:
         """The static addresses, then the SSH host keys, within one --address-wait."""
@@ -450,11 +504,7 @@ class Agent:
             facts.wait_and_log(self.wanted_addresses, self.args.address_wait)
             left = max(0.0, deadline - time.monotonic())
             if not facts.wait_for_host_keys(self.root, left):
-                LOG.warning(
-                    "ssh: no host key after %g s; reporting without (dom0 can ask again "
-                    "with a 'report' query)",
-                    self.args.address_wait,
-                )
+                LOG.info("ssh: no host key after %g s", self.args.address_wait)
 
     def report(self) -> Report:
         """What the clone is now (``report.collect``), with cloud-init's result: from
@@ -490,13 +540,19 @@ class Agent:
 
     def _serve(self, client: GuestClient, code: int) -> int:
         duration = self.args.serve
+        if duration != 0:
+            try:
+                self._drop_privileges()
+            except (KeyError, OSError) as exc:
+                LOG.error("queries: cannot switch to user %r: %s", self.args.serve_user, exc)
+                return 1
+        try:
+            self._settle(client)
+        except ChannelError as exc:
+            LOG.error("report: %s", exc)
+            return 1
         if duration == 0:
             return code
-        try:
-            self._drop_privileges()
-        except (KeyError, OSError) as exc:
-            LOG.error("queries: cannot switch to user %r: %s", self.args.serve_user, exc)
-            return 1
         LOG.info(
             "queries: answering %s",
             "until stopped" if duration is None else f"for {duration:g} s",
@@ -635,6 +691,14 @@ def make_parser() -> argparse.ArgumentParser:
         "addresses to be up (default: 10 with --root /, else 0)",
     )
     parser.add_argument(
+        "--settle-wait",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="if the report still lacks a static address or the SSH host keys, say so, "
+        "keep watching this long and report again (default: 120 with --root /, else 0)",
+    )
+    parser.add_argument(
         "--cloud-init-wait",
         type=_seconds,
         default=900.0,
@@ -660,6 +724,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.address_wait is None:
         # Another --root is an image or a test tree: its network is not the running one.
         args.address_wait = 10.0 if os.path.realpath(args.root) == "/" else 0.0
+    if args.settle_wait is None:
+        args.settle_wait = 120.0 if os.path.realpath(args.root) == "/" else 0.0
     if args.serve_user is None:
         # Tests use another --root inside a sandbox whose files nobody cannot read.
         args.serve_user = "nobody" if os.path.realpath(args.root) == "/" else ""

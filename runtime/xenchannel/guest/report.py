@@ -452,6 +452,37 @@ def wait_for_host_keys(root: str, timeout: float, interval: float = 0.25) -> boo
     return True
 
 
+def lacking(root: str, wanted: Sequence[str], report: Report) -> List[str]:
+    """What ``report`` lacks that the clone should soon have, in words for a log line:
+    each address of ``wanted`` not in it, and the SSH host keys where sshd is installed
+    (``wait_for_host_keys``'s rule).  Empty: the report is complete."""
+    up = set(report.addresses())
+    gaps = [a for a in wanted if a not in up]
+    if not report.host_keys and os.path.exists(_under(root, SSHD)):
+        gaps.append("SSH host keys")
+    return gaps
+
+
+def settle(
+    root: str,
+    wanted: Sequence[str],
+    build: Callable[[], Report],
+    timeout: float,
+    interval: float = 1.0,
+) -> Tuple[Report, List[str]]:
+    """After a "settling" report: build the report (``build``) again every ``interval``
+    until it ``lacking`` nothing, at most ``timeout`` seconds; that report and what it
+    still lacks.  Never raises on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = build()
+        gaps = lacking(root, wanted, report)
+        remaining = deadline - time.monotonic()
+        if not gaps or remaining <= 0:
+            return report, gaps
+        time.sleep(min(interval, remaining))
+
+
 def wait_and_log(wanted: Sequence[str], timeout: float) -> List[str]:
     """``wait_for_addresses`` with the log lines of both reporters; nothing to wait for
     (no static address, no time) returns at once."""
