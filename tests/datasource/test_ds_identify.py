@@ -78,11 +78,12 @@ def installed_ds_identify(root: str) -> str:
     return found[0]
 
 
-def run(base: str, root: str) -> Tuple[int, str, str]:
+def run(base: str, root: str, **extra_env: str) -> Tuple[int, str, str]:
     env: Dict[str, str] = {
         "PATH": os.path.join(base, "bin") + ":/usr/sbin:/usr/bin:/sbin:/bin",
         "PATH_ROOT": root,
         "DI_LOG": "stderr",
+        **extra_env,
     }
     result = subprocess.run(  # noqa: PLW1510 - the return code is asserted
         ["sh", installed_ds_identify(root), "--force"],
@@ -170,6 +171,29 @@ def test_not_found(tmp_path, version: str) -> None:
     assert "No ds found" in log, log
     assert "XenChannel" not in written
     assert rc != 0  # nothing found: the default policy disables cloud-init
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", ["../../../etc/passwd", "Org.Example.0", "org.x.0 $(id)"])
+def test_a_name_against_the_channel_name_rule_is_a_warning_never_a_path(
+    tmp_path, version: str, name: str
+) -> None:
+    """DI_XENCHANNEL_NAME is checked by the channel-name rule before it is used in a
+    path: a bad value is one warning naming the variable and the fix, and not found,
+    even where a file by that path exists."""
+    base = str(tmp_path)
+    root = make_root(base, version, virt="xen")
+    install(root)
+    os.makedirs(os.path.join(root, "dev/xen-channel"))
+    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
+    open(os.path.join(root, "etc/passwd"), "w").close()
+    xen_guest(root, consoles=["console-1"])  # would be found with a good name
+    rc, written, log = run(base, root, DI_XENCHANNEL_NAME=name)
+    assert "WARN: XenChannel: DI_XENCHANNEL_NAME '" in log, log
+    assert "is not a channel name; set it to a versioned reverse domain name" in log, log
+    assert "$(id)" not in log and "uid=" not in log
+    assert "check for 'XenChannel' returned found" not in log, log
+    assert "XenChannel" not in written
 
 
 @pytest.mark.parametrize("version", VERSIONS)

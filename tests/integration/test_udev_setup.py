@@ -478,14 +478,28 @@ def _rule(name: bytes) -> bool:
     return valid_channel_name(name.decode("utf-8", "surrogateescape"))
 
 
-def _script_functions() -> str:
-    """The helper's MAX_NAME and its name-checking functions (valid_*), as the script has
-    them."""
-    text = SCRIPT.read_text()
-    max_name = re.search(r"^MAX_NAME=.*$", text, re.MULTILINE)
-    bodies = re.findall(r"^valid_\w+\(\) \{\n.*?^\}\n", text, re.S | re.M)
-    assert max_name and any(b.startswith("valid_name()") for b in bodies), "helper reshaped"
-    return "LC_ALL=C\nexport LC_ALL\n" + max_name.group(0) + "\n" + "".join(bodies)
+# The two POSIX sh copies of the rule: the udev helper's, and ds-identify's check (which
+# runs inside ds-identify and so prefixes its names), each as (file, prefix).
+SH_RULES = {
+    "udev-helper": (SCRIPT, ""),
+    "ds-identify": (
+        Path(__file__).resolve().parents[2] / "datasource/ds-identify/dscheck_XenChannel.sh",
+        "xenchannel_",
+    ),
+}
+
+
+def _script_functions(which: str = "udev-helper") -> str:
+    """A script's MAX_NAME and its name-checking functions (valid_*), as the script has
+    them, with ``valid_name`` callable by that name."""
+    path, prefix = SH_RULES[which]
+    text = path.read_text()
+    upper = prefix.upper()
+    max_name = re.search(rf"^{upper}MAX_NAME=.*$", text, re.MULTILINE)
+    bodies = re.findall(rf"^{prefix}valid_\w+\(\) \{{\n.*?^\}}\n", text, re.S | re.M)
+    assert max_name and any(b.startswith(f"{prefix}valid_name()") for b in bodies), "reshaped"
+    alias = f"valid_name() {{ {prefix}valid_name \"$1\"; }}\n" if prefix else ""
+    return "LC_ALL=C\nexport LC_ALL\n" + max_name.group(0) + "\n" + "".join(bodies) + alias
 
 
 def test_the_rule_classes_hold_both_answers() -> None:
@@ -493,12 +507,14 @@ def test_the_rule_classes_hold_both_answers() -> None:
     assert sum(answers) >= 20 and len(answers) - sum(answers) >= 500
 
 
+@pytest.mark.parametrize("which", sorted(SH_RULES))
 @pytest.mark.parametrize("shell", SHELLS)
-def test_the_helper_decides_every_class_of_name_as_the_rule(shell: str) -> None:
-    """valid_name of the real script, run by each shell on every class of input, against
-    xenchannel.channel_name (the rule xl_channel, the roles and the datasource use)."""
+def test_the_helper_decides_every_class_of_name_as_the_rule(shell: str, which: str) -> None:
+    """valid_name of the real script (the udev helper's, and the copy in ds-identify's
+    check), run by each shell on every class of input, against xenchannel.channel_name
+    (the rule xl_channel, the roles and the datasource use)."""
     driver = (
-        _script_functions()
+        _script_functions(which)
         + 'for name in "$@"; do if valid_name "$name"; then echo 1; else echo 0; fi; done\n'
     )
     argv = ["busybox", "sh"] if shell == "busybox" else [shell]
