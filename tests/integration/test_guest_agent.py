@@ -45,6 +45,7 @@ from tests.guest_root import (
 )
 from xenchannel.dom0.state import readiness
 from xenchannel.dom0.store import write_domain
+from xenchannel.guest import agent as guest_agent
 from xenchannel.guest.apply import keys as keys_step
 from xenchannel.protocol import Bundle
 
@@ -579,6 +580,23 @@ def test_query_answered_while_serving(stack: Stack, tmp_path: Any) -> None:
     assert reply["applied-at"] == record(root)["applied-at"]
     assert reply["bogus"] is None
     assert "queries: answered 1" in log
+
+
+def test_a_query_is_answered_within_dom0s_timeout_whatever_it_asks(tmp_path: Any) -> None:
+    """A hanging ``cloud-init status`` gets what is left of the answer's budget less what
+    the report still needs, not its own 4 s: together they stay under dom0's 5 s query
+    timeout.  A key asked many times is answered once."""
+    root = make_root(tmp_path)
+    write(f"{root}/usr/bin/cloud-init", "#!/bin/sh\nexec sleep 30\n", 0o755)
+    args = guest_agent.make_parser().parse_args(["--root", root])
+    handler = guest_agent.Agent(args, guest_agent.Stopper())
+    reply = handler.answer(["cloud-init"] + ["report"] * 1000)
+    assert sorted(reply) == ["cloud-init", "report"]
+    error = reply["cloud-init"]["error"]
+    seconds = float(error.split("longer than ")[1].split(" s")[0])
+    budget = guest_agent.ANSWER_BUDGET - guest_agent.facts.IP_TIMEOUT
+    assert 0.5 <= seconds <= budget, error
+    assert reply["report"]["host_keys"] == [HOST_KEY]
 
 
 def test_beside_cloud_init_applies_nothing_and_serves_queries(stack: Stack, tmp_path: Any) -> None:

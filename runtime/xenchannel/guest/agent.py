@@ -66,7 +66,10 @@ CLOUD_INIT = "/usr/bin/cloud-init"
 CLOUD_INIT_DISABLED = "/etc/cloud/cloud-init.disabled"
 CLOUD_INIT_RESULT = "/run/cloud-init/result.json"  # written when cloud-final is done
 CLOUD_INIT_INSTANCE = "/var/lib/cloud/data/instance-id"
-# Under dom0's default 5 s query timeout, so the reply still arrives in time.
+# A whole QUERY is answered within this, under dom0's default 5 s query timeout, so the
+# reply still arrives in time whatever is asked: the commands behind "cloud-init" and
+# "report" share it, and a key asked twice is answered once.
+ANSWER_BUDGET = 4.5
 CLOUD_INIT_STATUS_TIMEOUT = 4.0
 QUERY_KEYS = (
     "version",
@@ -157,7 +160,7 @@ def _uptime() -> Optional[float]:
         return None
 
 
-def cloud_init_status(root: str) -> Any:
+def cloud_init_status(root: str, timeout: float = CLOUD_INIT_STATUS_TIMEOUT) -> Any:
     """``cloud-init status --format json`` parsed, bounded; None if not installed."""
     command = under(root, CLOUD_INIT)
     if not os.path.exists(command):
@@ -168,11 +171,11 @@ def cloud_init_status(root: str) -> Any:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            timeout=CLOUD_INIT_STATUS_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return {"error": f"cloud-init status took longer than {CLOUD_INIT_STATUS_TIMEOUT:g} s"}
+        return {"error": f"cloud-init status took longer than {timeout:g} s"}
     except OSError as exc:
         return {"error": f"cloud-init status could not run: {exc.strerror or exc}"}
     text = out.stdout.decode("utf-8", "replace")
@@ -586,10 +589,13 @@ class Agent:
         LOG.info("queries: running as %s (uid %d) from now on", user, entry.pw_uid)
 
     def answer(self, keys: List[str]) -> Dict[str, Any]:
-        """The QUERY handler: known keys answered, unknown ones null."""
+        """The QUERY handler: known keys answered, unknown ones null, all of them within
+        ANSWER_BUDGET."""
         record = self.record or {}
         answers: Dict[str, Any] = {}
-        for key in keys or QUERY_KEYS:
+        wanted = list(dict.fromkeys(keys or QUERY_KEYS))
+        deadline = time.monotonic() + ANSWER_BUDGET
+        for index, key in enumerate(wanted):
             if key == "version":
                 answers[key] = __version__
             elif key == "instance-id":
@@ -599,7 +605,10 @@ class Agent:
             elif key == "hostname":
                 answers[key] = socket.gethostname()
             elif key == "cloud-init":
-                answers[key] = cloud_init_status(self.root)
+                # What is left, less what the report still to come may take.
+                later = facts.IP_TIMEOUT if "report" in wanted[index + 1 :] else 0.0
+                left = min(CLOUD_INIT_STATUS_TIMEOUT, deadline - time.monotonic() - later)
+                answers[key] = cloud_init_status(self.root, max(0.5, left))
             elif key == "applied-at":
                 answers[key] = record.get("applied-at")
             elif key == "status":
