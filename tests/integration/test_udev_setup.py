@@ -498,7 +498,7 @@ def _script_functions(which: str = "udev-helper") -> str:
     max_name = re.search(rf"^{upper}MAX_NAME=.*$", text, re.MULTILINE)
     bodies = re.findall(rf"^{prefix}valid_\w+\(\) \{{\n.*?^\}}\n", text, re.S | re.M)
     assert max_name and any(b.startswith(f"{prefix}valid_name()") for b in bodies), "reshaped"
-    alias = f"valid_name() {{ {prefix}valid_name \"$1\"; }}\n" if prefix else ""
+    alias = f'valid_name() {{ {prefix}valid_name "$1"; }}\n' if prefix else ""
     return "LC_ALL=C\nexport LC_ALL\n" + max_name.group(0) + "\n" + "".join(bodies) + alias
 
 

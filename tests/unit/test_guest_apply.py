@@ -8,7 +8,9 @@ tests/integration/test_guest_agent.py over the same root and instances
 """
 
 import os
+import threading
 from typing import Any, Dict
+from unittest import mock
 
 import pytest
 
@@ -113,6 +115,39 @@ def test_unsupported_network_constructs_fail_clearly(config: Dict[str, Any], mes
     with pytest.raises(ApplyError, match="network: ") as info:
         network_step.parse(config)
     assert message in str(info.value)
+
+
+def test_ifupdown_names_a_nic_matched_by_mac_only_once_udev_renamed_it(tmp_path: Any) -> None:
+    """Where udevd runs, a new NIC is eth0 until udev renames it (enX0 on a Xen clone):
+    the name written for ifupdown is the one udev settled on, never the kernel's first.
+    Here the "rename" happens in a thread only after planning started waiting."""
+    root = make_root(tmp_path, "ifupdown", owners=False)
+    write(f"{root}/run/udev/control", "")  # udevd runs; it has not processed ens5 yet
+    write(f"{root}/sys/class/net/ens5/ifindex", "3\n")
+    config = {"version": 2, "ethernets": {"lan": {"match": {"macaddress": "52:54:00:12:34:56"},
+                                                  "dhcp4": True}}}  # fmt: skip
+    waiting = threading.Event()
+    real_sleep = network_step.time.sleep
+
+    def sleep(seconds: float) -> None:
+        waiting.set()
+        real_sleep(seconds)
+
+    def udev() -> None:
+        waiting.wait(30)
+        os.rename(f"{root}/sys/class/net/ens5", f"{root}/sys/class/net/enX1")
+        write(f"{root}/run/udev/data/n3", "E:ID_NET_NAME_PATH=enX1\n")
+
+    renamer = threading.Thread(target=udev)
+    renamer.start()
+    try:
+        with mock.patch.object(network_step.time, "sleep", sleep):
+            step = network_step.plan(root, config)
+    finally:
+        renamer.join(30)
+    assert waiting.is_set()
+    text = step.files[0].data.decode()
+    assert "iface enX1 inet dhcp" in text and "ens5" not in text, text
 
 
 def test_ifupdown_refusals(tmp_path: Any) -> None:

@@ -28,6 +28,7 @@ import glob
 import ipaddress
 import os
 import re
+import time
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from xenchannel.protocol import BundleError, network_config_version
@@ -47,6 +48,14 @@ IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
+# ifupdown names interfaces; one matched by MAC is named only once udev is done with it,
+# since udev renames a new NIC (eth0 -> enX0) while it processes the device: udevd runs
+# where its control socket is, and it has processed a device once its database entry
+# n<ifindex> exists.  Bounded: a NIC that is still missing or unprocessed after this is
+# named as it is then (or reported missing).
+UDEV_CONTROL = "/run/udev/control"
+UDEV_DATA = "/run/udev/data"
+NAME_WAIT = 30.0
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\Z")  # a kernel interface name (IFNAMSIZ)
 _PATTERN = re.compile(r"^[A-Za-z0-9_.:*?\[\]-]{1,64}\Z")  # networkd Name= globs
 _KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")  # v2 ids, used in file names
@@ -528,10 +537,36 @@ def _mac_names(root: str) -> Dict[str, str]:
     return found
 
 
+def _udev_done(root: str, name: str) -> bool:
+    """Whether udev has processed net device ``name`` (so its rename, if any, is done);
+    True where no udevd runs in ``root``."""
+    if not os.path.exists(under(root, UDEV_CONTROL)):
+        return True
+    try:
+        with open(under(root, f"/sys/class/net/{name}/ifindex")) as handle:
+            ifindex = int(handle.read().strip())
+    except (OSError, ValueError):
+        return False  # renamed or gone meanwhile: read the names again
+    return os.path.exists(under(root, f"{UDEV_DATA}/n{ifindex}"))
+
+
+def _settled_mac_names(root: str, wanted: List[str], timeout: float = NAME_WAIT) -> Dict[str, str]:
+    """``_mac_names`` once every MAC in ``wanted`` is there and udev is done with it, or
+    as it is at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        macs = _mac_names(root)
+        pending = [m for m in wanted if m not in macs or not _udev_done(root, macs[m])]
+        if not pending or time.monotonic() >= deadline:
+            return macs
+        time.sleep(0.1)
+
+
 def _ifupdown_names(root: str, interfaces: List[Interface]) -> List[str]:
     """The kernel name of each interface: ifupdown knows no patterns and no MACs."""
     macs: Optional[Dict[str, str]] = None
     names: List[str] = []
+    wanted = [i.mac for i in interfaces if i.name is None and i.mac is not None]
     for iface in interfaces:
         if iface.name is not None:
             if not _IFNAME.match(iface.name):
@@ -542,12 +577,12 @@ def _ifupdown_names(root: str, interfaces: List[Interface]) -> List[str]:
             names.append(iface.name)
             continue
         if macs is None:
-            macs = _mac_names(root)
+            macs = _settled_mac_names(root, wanted)
         name = macs.get(iface.mac or "")
         if name is None:
             raise _fail(
                 f"{iface.where()} matches macaddress {iface.mac}, which no interface in "
-                "/sys/class/net has"
+                f"/sys/class/net has (after {NAME_WAIT:g} s)"
             )
         names.append(name)
     return names
